@@ -1,0 +1,143 @@
+"""Multi-head self-attention with 3D RoPE and a choice of kernel: PyTorch SDPA or xformers.
+
+``Attention`` computes qkv (with bias), rotates q and k with the shared RoPE tables, and runs
+``torch.nn.functional.scaled_dot_product_attention`` (layout ``[B, H, N, hd]``) or xformers
+``memory_efficient_attention`` (layout ``[B, N, H, hd]``). Which one runs is decided *once per
+forward* by the owning model through ``select_backend``, not per layer:
+
+- ``"sdpa"``: always SDPA.
+- ``"xformers"``: xformers or a clear ``RuntimeError`` saying why it cannot run.
+- ``"auto"``: xformers when usable, else SDPA with one log line. xformers is unusable when it is
+  not installed, when its compiled extension does not load (import fails, or the first call
+  raises — the 0.0.35 wheel on a torch 2.11 build does that), or when it has no kernel for the
+  device (CPU). Usability is probed with one tiny forward+backward call per (device, dtype,
+  head dim) and cached, so real errors in real calls (OOM, bad shapes) are never swallowed.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .rope import apply_rope
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("sdpa", "xformers", "auto")
+_PROBED: dict[tuple[str, torch.dtype, int], str | None] = {}  # key → None (usable) or reason
+_FALLBACK_LOGGED = False
+
+
+def _xformers_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """xformers kernel on ``[B, N, H, hd]`` tensors (imported lazily: optional dependency)."""
+    import xformers.ops as xops
+
+    return xops.memory_efficient_attention(q, k, v)
+
+
+@torch.compiler.disable
+def _xformers_unusable(device: torch.device, dtype: torch.dtype, head_dim: int) -> str | None:
+    """Why xformers cannot run here, or None when it can (probed once per key)."""
+    key = (str(device), dtype, head_dim)
+    if key in _PROBED:
+        return _PROBED[key]
+    reason = None
+    if device.type != "cuda":
+        reason = f"xformers has no kernel for device {device.type!r}"
+    else:
+        try:
+            import xformers.ops  # noqa: F401
+        except Exception as exc:  # ImportError, or an extension that fails to load
+            reason = f"xformers is not importable ({type(exc).__name__}: {exc})"
+    if reason is None:
+        try:  # the compiled extension may import fine and fail on first use
+            q = torch.zeros(1, 8, 1, head_dim, device=device, dtype=dtype, requires_grad=True)
+            with torch.enable_grad():
+                _xformers_attention(q, q, q).sum().backward()
+        except Exception as exc:
+            reason = f"xformers failed its first call ({type(exc).__name__}: {exc})"
+    _PROBED[key] = reason
+    return reason
+
+
+def select_backend(requested: str, device: torch.device, dtype: torch.dtype, head_dim: int) -> str:
+    """Resolve ``"sdpa" | "xformers" | "auto"`` to the kernel that will run (``"sdpa"`` or
+    ``"xformers"``) for inputs of ``dtype`` on ``device``.
+
+    Raises:
+        ValueError: unknown backend name.
+        RuntimeError: ``"xformers"`` requested explicitly but unusable here.
+    """
+    global _FALLBACK_LOGGED
+    if requested == "sdpa":
+        return "sdpa"
+    if requested not in BACKENDS:
+        raise ValueError(f"attn_backend must be one of {BACKENDS}, got {requested!r}")
+    if torch.is_autocast_enabled(device.type):
+        dtype = torch.get_autocast_dtype(device.type)
+    reason = _xformers_unusable(device, dtype, head_dim)
+    if reason is None:
+        return "xformers"
+    if requested == "xformers":
+        raise RuntimeError(
+            f"attn_backend='xformers' cannot run: {reason}. "
+            "Use attn_backend='sdpa', or 'auto' to fall back automatically."
+        )
+    if not _FALLBACK_LOGGED:
+        _FALLBACK_LOGGED = True
+        log.warning("attn_backend='auto': using PyTorch SDPA because %s", reason)
+    return "sdpa"
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention: qkv (bias) → RoPE(q, k) → SDPA | xformers → output projection.
+
+    Args:
+        dim: token width D.
+        num_heads: number of heads H (D must be divisible by H).
+        qkv_bias: bias on the qkv projection (True in V-JEPA).
+    """
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim={dim} is not divisible by num_heads={num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+        backend: str = "sdpa",
+    ) -> torch.Tensor:
+        """Attend over all tokens of each sample.
+
+        Args:
+            x: ``[B, N, D]`` tokens.
+            rope: ``(cos, sin)``, each ``[B or 1, N, hd]``, or None (no rotation).
+            backend: the resolved kernel, ``"sdpa"`` or ``"xformers"`` (see ``select_backend``).
+
+        Returns:
+            ``[B, N, D]``.
+        """
+        B, N, D = x.shape
+        qkv = self.qkv(x).view(B, N, 3, self.num_heads, self.head_dim)  # [B, N, 3, H, hd]
+        if backend == "xformers":
+            q, k, v = qkv.unbind(2)  # [B, N, H, hd] each
+            if rope is not None:
+                cos, sin = rope[0].unsqueeze(2), rope[1].unsqueeze(2)  # [B, N, 1, hd]
+                q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+            out = _xformers_attention(q, k, v)  # [B, N, H, hd]
+        else:
+            q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # [B, H, N, hd] each
+            if rope is not None:
+                cos, sin = rope[0].unsqueeze(1), rope[1].unsqueeze(1)  # [B, 1, N, hd]
+                q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+            out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2)  # [B, N, H, hd]
+        return self.proj(out.reshape(B, N, D))

@@ -45,13 +45,12 @@ def _xformers_unusable(device: torch.device, dtype: torch.dtype, head_dim: int) 
     if key in _PROBED:
         return _PROBED[key]
     reason = None
-    if device.type != "cuda":
+    try:
+        import xformers.ops  # noqa: F401
+    except Exception as exc:  # ImportError, or an extension that fails to load
+        reason = f"xformers is not importable ({type(exc).__name__}: {exc})"
+    if reason is None and device.type != "cuda":
         reason = f"xformers has no kernel for device {device.type!r}"
-    else:
-        try:
-            import xformers.ops  # noqa: F401
-        except Exception as exc:  # ImportError, or an extension that fails to load
-            reason = f"xformers is not importable ({type(exc).__name__}: {exc})"
     if reason is None:
         try:  # the compiled extension may import fine and fail on first use
             q = torch.zeros(1, 8, 1, head_dim, device=device, dtype=dtype, requires_grad=True)

@@ -1,0 +1,182 @@
+"""Frozen feature extraction for probes: multi-clip × multi-view tokens, computed once.
+
+SPEC.md "Evaluation": each of the S temporal segments of a video is encoded separately and the
+tokens are concatenated along the token axis (one probe pass sees all S·N tokens); each of the V
+spatial views is a separate probe pass (softmax averaged later, in sweep.py). So a batch
+`uint8 [B, S, V, C, T, H, W]` becomes features `[B, V, S·N, D]`.
+
+The encoder runs in eval mode without gradients, under bf16 autocast on CUDA and in fp32 on CPU.
+Features of every sample are kept once (fp16, on CPU) and shared by every probe head; with a cache
+directory they are also saved (torch.save) under a key made of the encoder's identity, the data
+and the clip protocol, so one extraction serves many probe runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from salt.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize
+
+
+@dataclass
+class FeatureSet:
+    """Frozen features of one split."""
+
+    feats: torch.Tensor  # [M, V, S·N, D] fp16, CPU
+    labels: torch.Tensor  # int64 [M]
+    keys: list[str] = field(default_factory=list)
+    skipped: dict[str, int] = field(default_factory=dict)  # what the loader skipped, counted
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def save(self, path: str | Path) -> None:
+        """Atomic torch.save (write to a temporary name, then rename)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+        torch.save(
+            {
+                "feats": self.feats,
+                "labels": self.labels,
+                "keys": self.keys,
+                "skipped": self.skipped,
+            },
+            tmp,
+        )
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> FeatureSet:
+        d = torch.load(path, map_location="cpu", weights_only=True)
+        return cls(d["feats"], d["labels"], list(d["keys"]), dict(d.get("skipped", {})))
+
+
+@torch.no_grad()
+def encode_clips(
+    encoder: nn.Module,
+    video: torch.Tensor,
+    *,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> torch.Tensor:
+    """Encode every segment of every view; concatenate the segments' tokens per view.
+
+    Args:
+        encoder: a `VideoViT` (its `forward_features`), already on the video's device and in eval.
+        video: uint8 [B, S, V, C, T, H, W].
+        mean, std: the encoder's input normalisation (from its checkpoint metadata).
+
+    Returns:
+        [B, V, S·N, D] features (bf16 on CUDA, fp32 on CPU).
+    """
+    if video.dim() != 7:
+        raise ValueError(
+            f"expected uint8 video [B, S, V, C, T, H, W], got shape {tuple(video.shape)}"
+        )
+    B, S, V = video.shape[:3]
+    views = []
+    for v in range(V):
+        clips = normalize(video[:, :, v].flatten(0, 1), mean, std)  # [B·S, C, T, H, W]
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=video.device.type == "cuda"):
+            tokens = encoder.forward_features(clips)  # [B·S, N, D]
+        # [B, S·N, D]: segment s holds tokens s·N … (s+1)·N − 1, segments in time order
+        views.append(tokens.unflatten(0, (B, S)).flatten(1, 2))
+    return torch.stack(views, dim=1)  # [B, V, S·N, D]
+
+
+@torch.no_grad()
+def extract_features(
+    encoder: nn.Module,
+    loader: Iterable[dict[str, Any]],
+    *,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    device: torch.device | str = "cpu",
+    desc: str = "features",
+) -> FeatureSet:
+    """Run the frozen encoder over a loader of `{"video": uint8 [B,S,V,C,T,H,W], "label", "key"}`.
+
+    The encoder is put in eval mode and its parameters are left untouched (no grad).
+
+    Returns:
+        a `FeatureSet` with fp16 CPU features [M, V, S·N, D], in loader order.
+    """
+    device = torch.device(device)
+    was_training = encoder.training
+    encoder.to(device).eval()
+    feats, labels, keys = [], [], []
+    for batch in tqdm(loader, desc=desc, disable=None, leave=False):
+        video = batch["video"].to(device, non_blocking=True)
+        feats.append(encode_clips(encoder, video, mean=mean, std=std).to("cpu", torch.float16))
+        labels.append(torch.as_tensor(batch["label"], dtype=torch.int64))
+        keys += list(batch.get("key", [""] * len(video)))
+    encoder.train(was_training)
+    if not feats:
+        raise ValueError(f"{desc}: the loader yielded no samples")
+    skipped = _loader_skips(loader)
+    return FeatureSet(torch.cat(feats), torch.cat(labels), keys, skipped)
+
+
+def _loader_skips(loader: Any) -> dict[str, int]:
+    """Skip counters the data pipeline exposes (if any), so they can be reported with results."""
+    for obj in (loader, getattr(loader, "dataset", None)):
+        counts = getattr(obj, "skipped", None)
+        if isinstance(counts, dict):
+            return {str(k): int(v) for k, v in counts.items()}
+    return {}
+
+
+def _expand(shards: str | Sequence[str]) -> list[str]:
+    specs = [shards] if isinstance(shards, str) else list(shards)
+    try:
+        from braceexpand import braceexpand
+    except ImportError:  # webdataset depends on it; without it the spec itself is the key
+        return specs
+    return [p for s in specs for p in braceexpand(s)]
+
+
+def feature_cache_key(
+    encoder_id: str, shards: str | Sequence[str], protocol: dict[str, Any]
+) -> str:
+    """Key of a cached feature file: encoder identity + shard files (path, size, mtime) + protocol.
+
+    Args:
+        encoder_id: e.g. the checkpoint's sha256, or "random:<config>:<seed>" for the baseline.
+        shards: the shard spec(s) given to the loader.
+        protocol: the clip settings that shape the features (`ProbeConfig.protocol`).
+    """
+    files = []
+    for p in _expand(shards):
+        st = os.stat(p) if os.path.exists(p) else None
+        files.append(
+            [os.path.abspath(p), st.st_size if st else None, st.st_mtime_ns if st else None]
+        )
+    blob = json.dumps({"encoder": encoder_id, "files": files, "protocol": protocol}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+def cached_extract(
+    cache_dir: str | Path | None, key: str, extract: Any, log: Any = print
+) -> FeatureSet:
+    """`extract()` once per key: load `<cache_dir>/<key>.pt` if present, else compute and save."""
+    if cache_dir is None:
+        return extract()
+    path = Path(cache_dir) / f"{key}.pt"
+    if path.exists():
+        log(f"feature cache hit: {path}")
+        return FeatureSet.load(path)
+    fs = extract()
+    fs.save(path)
+    log(f"feature cache written: {path}")
+    return fs

@@ -62,6 +62,13 @@ def _xformers_unusable(device: torch.device, dtype: torch.dtype, head_dim: int) 
     return reason
 
 
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype matmuls on ``x`` will run in: the autocast dtype when autocast is on."""
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.get_autocast_dtype(x.device.type)
+    return x.dtype
+
+
 def select_backend(requested: str, device: torch.device, dtype: torch.dtype, head_dim: int) -> str:
     """Resolve ``"sdpa" | "xformers" | "auto"`` to the kernel that will run (``"sdpa"`` or
     ``"xformers"``) for inputs of ``dtype`` on ``device``.

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .attention import BACKENDS, select_backend
+from .attention import BACKENDS, compute_dtype, select_backend
 from .block import Block, init_vjepa_, run_block
 from .pos_embed import sincos_embed_3d
 from .rope import rope_cos_sin, token_coords
@@ -127,7 +127,9 @@ class Predictor(nn.Module):
             table = sincos_embed_3d(grid, self.embed_dim, device=x.device)  # [N, E]
             x = x + table.to(x.dtype)[idx]  # [B, Nc+Nt, E]
         else:
-            rope = rope_cos_sin(token_coords(idx, grid), self.head_dim)  # [B, Nc+Nt, hd]
+            cos, sin = rope_cos_sin(token_coords(idx, grid), self.head_dim)  # [B, Nc+Nt, hd]
+            dtype = compute_dtype(x)
+            rope = (cos.to(dtype), sin.to(dtype))
         backend = select_backend(self.attn_backend, x.device, x.dtype, self.head_dim)
         self.attn_backend_used = backend
         for block in self.blocks:

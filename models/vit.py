@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .attention import BACKENDS, select_backend
+from .attention import BACKENDS, compute_dtype, select_backend
 from .block import Block, init_vjepa_, run_block
 from .pos_embed import sincos_embed_3d
 from .rope import rope_cos_sin, token_coords
@@ -147,7 +147,10 @@ class VideoViT(nn.Module):
             if token_indices is None:
                 n = grid[0] * grid[1] * grid[2]
                 token_indices = torch.arange(n, device=x.device).unsqueeze(0)  # [1, N]
-            rope = rope_cos_sin(token_coords(token_indices, grid), self.head_dim)  # [B|1, n, hd]
+            coords = token_coords(token_indices, grid)  # [B|1, n, 3]
+            cos, sin = rope_cos_sin(coords, self.head_dim)  # [B|1, n, hd] each, float32
+            dtype = compute_dtype(tokens)  # cast once here, not in every block
+            rope = (cos.to(dtype), sin.to(dtype))
         backend = select_backend(self.attn_backend, x.device, tokens.dtype, self.head_dim)
         self.attn_backend_used = backend
         return tokens, rope, backend

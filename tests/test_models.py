@@ -318,3 +318,14 @@ def test_norm_pix():
     n = norm_pix(t)
     torch.testing.assert_close(n.mean(-1), torch.zeros(2, 5), rtol=0, atol=1e-5)
     torch.testing.assert_close(n.std(-1, unbiased=False), torch.ones(2, 5), rtol=0, atol=1e-4)
+
+
+def test_bf16_autocast_close_to_fp32():
+    model = create_encoder("vit_test")
+    x = clip()
+    idx = torch.tensor([[0, 5, 7, 11], [3, 2, 9, 1]])
+    ref = model(x, idx)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x, idx)
+    out.float().square().mean().backward()
+    torch.testing.assert_close(out.float(), ref, rtol=0.1, atol=0.1)

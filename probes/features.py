@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +36,7 @@ class FeatureSet:
     feats: torch.Tensor  # [M, V, S·N, D] fp16, CPU
     labels: torch.Tensor  # int64 [M]
     keys: list[str] = field(default_factory=list)
-    skipped: dict[str, int] = field(default_factory=dict)  # what the loader skipped, counted
+    skipped: dict[str, int] = field(default_factory=dict)  # data pipeline counts (skips, pads)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -116,25 +117,19 @@ def extract_features(
     was_training = encoder.training
     encoder.to(device).eval()
     feats, labels, keys = [], [], []
+    counts: Counter = Counter()  # the pipeline's per-batch counters (skipped, padded, ...)
     for batch in tqdm(loader, desc=desc, disable=None, leave=False):
         video = batch["video"].to(device, non_blocking=True)
         feats.append(encode_clips(encoder, video, mean=mean, std=std).to("cpu", torch.float16))
         labels.append(torch.as_tensor(batch["label"], dtype=torch.int64))
         keys += list(batch.get("key", [""] * len(video)))
+        counts.update(batch.get("data_counts", {}))
     encoder.train(was_training)
     if not feats:
         raise ValueError(f"{desc}: the loader yielded no samples")
-    skipped = _loader_skips(loader)
-    return FeatureSet(torch.cat(feats), torch.cat(labels), keys, skipped)
-
-
-def _loader_skips(loader: Any) -> dict[str, int]:
-    """Skip counters the data pipeline exposes (if any), so they can be reported with results."""
-    for obj in (loader, getattr(loader, "dataset", None)):
-        counts = getattr(obj, "skipped", None)
-        if isinstance(counts, dict):
-            return {str(k): int(v) for k, v in counts.items()}
-    return {}
+    return FeatureSet(
+        torch.cat(feats), torch.cat(labels), keys, {k: int(v) for k, v in counts.items()}
+    )
 
 
 def _expand(shards: str | Sequence[str]) -> list[str]:

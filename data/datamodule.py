@@ -1,0 +1,337 @@
+"""``VideoDataModule`` (LightningDataModule over WebDataset video shards) and ``eval_loader``.
+
+Configured by LightningCLI as ``--data.*``. Train batches are
+``{"video": uint8 [B, C, T, H, W], "label": int64 [B], "masks": [(ctx, tgt), ...]}``: the training
+LightningModule calls ``set_mask_fn(fn)`` in its ``setup()``; the collate in each worker attaches
+``fn(B)``. If ``fn`` has ``.reseed(seed)`` (``salt.masks.MultiMaskCollator`` does) every worker of
+every rank gets a distinct, deterministic mask stream seeded from (seed, resume count, epoch, rank,
+worker). Normalisation happens on the device: ``salt.data.transforms.normalize``.
+
+Skipped samples and events (see ``salt.data.stats``) arrive inside each batch as ``data_counts``;
+``on_before_batch_transfer`` removes them from the batch, adds them to running totals
+(``data_stats()``) and, when a count changed, logs the totals to the trainer's loggers as
+``data/<name>`` (train) and ``data/val_<name>`` (validation). A LightningModule that overrides
+``on_before_batch_transfer`` itself would be bypassed by Lightning (the DataModule's hook wins).
+
+Resume (Lightning stores ``state_dict()`` in every checkpoint and calls ``load_state_dict`` before
+building the dataloaders). Restored exactly:
+  ``seed``             the run's data seed (the checkpoint's wins over the config's; a warning says so)
+  ``resume_count``     incremented on every load: the shard draws, shuffle and mask streams after a
+                       resume are re-seeded from it, so a requeued job continues with a *fresh*,
+                       deterministic order instead of replaying the first shards of the run
+  ``batches_seen``     train batches consumed so far (bookkeeping, logged)
+  ``batches_in_epoch`` consumed in the interrupted epoch: the first epoch after the resume yields
+                       only the rest, so epoch boundaries stay where Lightning expects them
+  ``counts``           running totals of skips and events
+Not restored: the exact sample position and shuffle buffer (a resampled stream has no position
+worth replaying; the fresh draw is statistically the same stream) and batches prefetched but not
+consumed when the checkpoint was written.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import warnings
+from collections.abc import Callable
+from typing import Any, Literal
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader
+from webdataset.shardlists import expand_urls
+
+from salt.data.dataset import ClipConfig, EvalClipStream, TrainClipStream
+from salt.data.stats import sum_counts
+
+
+def expand_shards(spec: str | list[str]) -> list[str]:
+    """Shard URLs of one spec: ``a::b``, braces ``x-{000..009}.tar`` and globs ``dir/*.tar``.
+
+    Local paths must exist (a typo is an error here, not an endless loop of failed reads).
+    """
+    specs = [spec] if isinstance(spec, str) else list(spec)
+    urls: list[str] = []
+    for s in specs:
+        for url in expand_urls(s):
+            remote = "://" in url or url.startswith("pipe:")
+            if not remote and any(c in url for c in "*?["):
+                found = sorted(glob.glob(url))
+                if not found:
+                    raise FileNotFoundError(f"no shard matches {url!r}")
+                urls.extend(found)
+            elif not remote and not os.path.exists(url):
+                raise FileNotFoundError(f"shard {url!r} does not exist")
+            else:
+                urls.append(url)
+    if not urls:
+        raise ValueError(f"no shards in {spec!r}")
+    return urls
+
+
+class EpochDataLoader(DataLoader):
+    """A DataLoader that runs ``on_iter()`` before each epoch (re-seeds its dataset per epoch)."""
+
+    on_iter: Callable[[], None] | None = None
+
+    def __iter__(self):
+        if self.on_iter is not None:
+            self.on_iter()
+        return super().__iter__()
+
+
+def _loader_kwargs(num_workers: int, pin_memory: bool, prefetch_factor: int) -> dict:
+    kw: dict[str, Any] = {"batch_size": None, "num_workers": num_workers}
+    kw["pin_memory"] = pin_memory and torch.cuda.is_available()
+    if num_workers > 0:
+        kw["prefetch_factor"] = prefetch_factor
+    return kw
+
+
+def eval_loader(
+    shards: str | list[str],
+    *,
+    frames_per_clip: int = 16,
+    frame_step: int = 4,
+    crop_size: int = 224,
+    num_segments: int = 1,
+    num_views: int = 1,
+    batch_size: int = 8,
+    num_workers: int = 4,
+    decoder: str = "auto",
+    rank: int = 0,
+    world_size: int = 1,
+    target_fps: float | None = None,
+    short_video: str = "pad",
+    short_side: int | None = None,
+    require_label: bool = True,
+    pin_memory: bool = False,
+    prefetch_factor: int = 2,
+) -> DataLoader:
+    """Every sample of ``shards`` exactly once across ranks x workers, in a fixed order.
+
+    Yields ``{"video": uint8 [B, S, V, C, T, H, W], "label": int64 [B], "key": list[str],
+    "data_counts": dict}`` with S temporal segments x V spatial views (1 = center, 3 = three crops).
+    Ranks may receive different numbers of batches. ``shards`` is a spec list (see
+    ``expand_shards``); all of them form one evaluation set.
+    """
+    cfg = ClipConfig(
+        frames_per_clip=frames_per_clip,
+        frame_step=frame_step,
+        target_fps=target_fps,
+        crop_size=crop_size,
+        short_video=short_video,
+        decoder=decoder,
+        num_segments=num_segments,
+        num_views=num_views,
+        eval_short_side=short_side,
+    )
+    stream = EvalClipStream(expand_shards(shards), cfg, batch_size, rank, world_size, require_label)
+    return DataLoader(stream, **_loader_kwargs(num_workers, pin_memory, prefetch_factor))
+
+
+class VideoDataModule(pl.LightningDataModule):
+    """Streams clips from WebDataset shards of encoded video (see the module docstring).
+
+    Args:
+        train_shards: one shard spec per dataset (a str is one dataset): ``a::b``, braces, globs.
+        val_shards: evaluation shard specs (one set), or None for no validation.
+        frames_per_clip: frames T of a clip.
+        frame_step: source frames between clip frames (ignored when ``target_fps`` is set).
+        crop_size: output side of the square clip.
+        batch_size: clips per batch and rank.
+        num_workers: DataLoader worker processes per rank (each decodes whole clips).
+        epoch_length: train batches per epoch and rank (the stream itself is endless).
+        shuffle_buffer: raw samples (encoded bytes) held per worker for shuffling; 0/1 = off.
+        train_weights: sampling weight per training dataset; None = equal.
+        short_video: "pad" (repeat the last frame) or "skip" videos shorter than the window.
+        decoder: "auto" (decord, PyAV fallback per sample), "decord" or "pyav".
+        seed: data seed (shard draws, shuffle, crops, mask streams).
+        target_fps: if set, the step is the video's fps / target_fps instead of ``frame_step``.
+        crop_scale: random-resized-crop area range.
+        crop_aspect: random-resized-crop aspect (w/h) range.
+        flip_prob: horizontal flip probability (0 for direction-sensitive labels).
+        val_batch_size: eval batch size (default ``batch_size``).
+        val_num_segments: temporal segments S of eval clips.
+        val_num_views: spatial views V of eval clips (1 or 3).
+        val_num_workers: eval workers (default ``num_workers``).
+        pin_memory: pin batches when CUDA is available.
+        prefetch_factor: batches prefetched per worker.
+    """
+
+    def __init__(
+        self,
+        train_shards: str | list[str],
+        val_shards: str | list[str] | None = None,
+        frames_per_clip: int = 16,
+        frame_step: int = 4,
+        crop_size: int = 224,
+        batch_size: int = 8,
+        num_workers: int = 4,
+        epoch_length: int = 1000,
+        shuffle_buffer: int = 64,
+        train_weights: list[float] | None = None,
+        short_video: Literal["pad", "skip"] = "pad",
+        decoder: Literal["auto", "decord", "pyav"] = "auto",
+        seed: int = 0,
+        target_fps: float | None = None,
+        crop_scale: tuple[float, float] = (0.3, 1.0),
+        crop_aspect: tuple[float, float] = (0.75, 1.35),
+        flip_prob: float = 0.5,
+        val_batch_size: int | None = None,
+        val_num_segments: int = 1,
+        val_num_views: int = 1,
+        val_num_workers: int | None = None,
+        pin_memory: bool = True,
+        prefetch_factor: int = 2,
+    ) -> None:
+        super().__init__()
+        self.train_specs = [train_shards] if isinstance(train_shards, str) else list(train_shards)
+        if train_weights is not None and len(train_weights) != len(self.train_specs):
+            raise ValueError(
+                f"{len(train_weights)} train_weights for {len(self.train_specs)} datasets"
+            )
+        if train_weights is not None and (min(train_weights) < 0 or sum(train_weights) <= 0):
+            raise ValueError(f"train_weights must be >= 0 with a positive sum, got {train_weights}")
+        if epoch_length < 1 or batch_size < 1:
+            raise ValueError("epoch_length and batch_size must be >= 1")
+        self.val_shards = val_shards
+        self.train_weights = list(train_weights) if train_weights else [1.0] * len(self.train_specs)
+        self.cfg = ClipConfig(
+            frames_per_clip=frames_per_clip,
+            frame_step=frame_step,
+            target_fps=target_fps,
+            crop_size=crop_size,
+            short_video=short_video,
+            decoder=decoder,
+            scale=tuple(crop_scale),
+            ratio=tuple(crop_aspect),
+            flip_prob=flip_prob,
+        )
+        self.batch_size, self.num_workers, self.epoch_length = batch_size, num_workers, epoch_length
+        self.shuffle_buffer, self.seed = shuffle_buffer, seed
+        self.val_batch_size = val_batch_size or batch_size
+        self.val_num_segments, self.val_num_views = val_num_segments, val_num_views
+        self.val_num_workers = num_workers if val_num_workers is None else val_num_workers
+        self.pin_memory, self.prefetch_factor = pin_memory, prefetch_factor
+        self.mask_fn: Callable[[int], list] | None = None
+        self.resume_count, self.batches_seen, self.batches_in_epoch = 0, 0, 0
+        self._epochs_started = 0
+        self._counts: dict[str, int] = {}
+        self._val_counts: dict[str, int] = {}
+        self._train_stream: TrainClipStream | None = None
+
+    # ----------------------------------------------------------------- masks
+    def set_mask_fn(self, fn: Callable[[int], list] | None) -> None:
+        """The stage's mask function ``fn(B) -> [(ctx, tgt), ...]``, called in the train collate."""
+        self.mask_fn = fn
+        if self._train_stream is not None:
+            self._train_stream.mask_fn = fn
+
+    # ----------------------------------------------------------------- placement
+    def _rank_world(self) -> tuple[int, int]:
+        trainer = self.trainer
+        if trainer is not None:
+            return trainer.global_rank, trainer.world_size
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_rank(), torch.distributed.get_world_size()
+        return 0, 1
+
+    # ----------------------------------------------------------------- loaders
+    def train_dataloader(self) -> DataLoader:
+        datasets = [expand_shards(spec) for spec in self.train_specs]
+        stream = TrainClipStream(
+            datasets,
+            self.train_weights,
+            self.cfg,
+            self.batch_size,
+            self.epoch_length,
+            self.shuffle_buffer,
+            self.seed,
+            self.mask_fn,
+        )
+        stream.rank, stream.resume_count = self._rank_world()[0], self.resume_count
+        self._train_stream = stream
+        loader = EpochDataLoader(
+            stream, **_loader_kwargs(self.num_workers, self.pin_memory, self.prefetch_factor)
+        )
+        loader.on_iter = self._start_epoch
+        return loader
+
+    def _start_epoch(self) -> None:
+        """Before each train epoch: new epoch seed; after a resume, only the epoch's remainder."""
+        stream = self._train_stream
+        stream.epoch = self._epochs_started
+        self._epochs_started += 1
+        stream.epoch_length = self.epoch_length - self.batches_in_epoch
+        self.batches_in_epoch = 0
+
+    def val_dataloader(self) -> DataLoader | list:
+        if self.val_shards is None:
+            return []
+        rank, world = self._rank_world()
+        return eval_loader(
+            self.val_shards,
+            frames_per_clip=self.cfg.frames_per_clip,
+            frame_step=self.cfg.frame_step,
+            crop_size=self.cfg.crop_size,
+            num_segments=self.val_num_segments,
+            num_views=self.val_num_views,
+            batch_size=self.val_batch_size,
+            num_workers=self.val_num_workers,
+            decoder=self.cfg.decoder,
+            rank=rank,
+            world_size=world,
+            target_fps=self.cfg.target_fps,
+            short_video=self.cfg.short_video,
+            pin_memory=self.pin_memory,
+            prefetch_factor=self.prefetch_factor,
+        )
+
+    # ----------------------------------------------------------------- counts
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        if not isinstance(batch, dict) or "data_counts" not in batch:
+            return batch
+        counts = batch.pop("data_counts")
+        trainer = self.trainer
+        training = trainer is None or trainer.training
+        if training:
+            self._counts = sum_counts([self._counts, counts])
+            if trainer is not None:
+                self.batches_seen += 1
+                self.batches_in_epoch += 1
+        else:
+            self._val_counts = sum_counts([self._val_counts, counts])
+        if counts and trainer is not None:
+            for logger in trainer.loggers:
+                logger.log_metrics(self.data_stats(), step=trainer.global_step)
+        return batch
+
+    def data_stats(self) -> dict[str, float]:
+        """Running totals on this rank: ``data/<name>`` (train) and ``data/val_<name>``."""
+        stats = {f"data/{k}": float(v) for k, v in sorted(self._counts.items())}
+        stats.update({f"data/val_{k}": float(v) for k, v in sorted(self._val_counts.items())})
+        return stats
+
+    # ----------------------------------------------------------------- resume
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "seed": self.seed,
+            "resume_count": self.resume_count,
+            "batches_seen": self.batches_seen,
+            "batches_in_epoch": self.batches_in_epoch,
+            "epoch_length": self.epoch_length,
+            "counts": dict(self._counts),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["seed"] != self.seed:
+            warnings.warn(
+                f"data seed {self.seed} replaced by the checkpoint's {state['seed']} (resume)",
+                stacklevel=2,
+            )
+        self.seed = int(state["seed"])
+        self.resume_count = int(state["resume_count"]) + 1
+        self.batches_seen = int(state["batches_seen"])
+        self.batches_in_epoch = int(state["batches_in_epoch"]) % self.epoch_length
+        self._counts = dict(state.get("counts", {}))

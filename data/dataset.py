@@ -1,0 +1,329 @@
+"""Streaming clip datasets over WebDataset tar shards: training (resampled) and evaluation (exact).
+
+Both are ``IterableDataset``s that batch *inside* the worker, so the train collate (stack + the
+stage's masks) runs in the worker and every batch can carry the worker's exact ``data_counts``
+(skips and events since its previous batch, see ``salt.data.stats``).
+
+Training stream, per (rank, worker), seeded from (seed, resume count, epoch, rank, worker):
+  shards drawn with replacement per dataset -> weighted mix of datasets -> shuffle buffer of raw
+  samples (bytes, cheap) -> parse -> decode the window's frames -> crop/flip -> batch of B.
+  Each rank yields exactly ``epoch_length`` batches per epoch (split across its workers).
+  We build this from webdataset's tar reader instead of ``wds.WebDataset(resampled=True)`` because
+  the latter seeds its shard sampler from time and pid: the stream could not be reproduced from a
+  seed nor re-seeded on resume. Every (rank, worker) draws its own shards, so no node splitter is
+  needed (and none can raise under DDP).
+
+Evaluation stream: not resampled, no shuffle; every sample exactly once across ranks x workers.
+Shards are dealt to the slots ``rank * num_workers + worker``; if there are fewer shards than slots,
+every slot reads all shards and keeps sample ``i`` when ``i % slots == slot``.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import webdataset as wds
+from torch.utils.data import IterableDataset, get_worker_info
+
+from salt.data.decode import decode_clip
+from salt.data.sampling import clip_step, segment_indices, train_indices
+from salt.data.stats import SkipSample, skip_key
+from salt.data.transforms import eval_transform, train_transform
+
+VIDEO_EXTS = ("mp4", "webm", "mkv", "avi", "mov", "m4v", "mpg", "mpeg", "ogv", "flv", "wmv")
+MAX_SKIPS_IN_A_ROW = 1000  # a dataset that is all bad is an error, not an endless loop
+MAX_EMPTY_SHARDS_IN_A_ROW = 200
+
+
+@dataclass
+class ClipConfig:
+    """How one sample becomes a clip (shared by train and eval streams)."""
+
+    frames_per_clip: int = 16
+    frame_step: int = 4
+    target_fps: float | None = None
+    crop_size: int = 224
+    short_video: str = "pad"
+    decoder: str = "auto"
+    decoder_threads: int = 1
+    scale: tuple[float, float] = (0.3, 1.0)
+    ratio: tuple[float, float] = (0.75, 1.35)
+    flip_prob: float = 0.5
+    num_segments: int = 1
+    num_views: int = 1
+    eval_short_side: int | None = None
+
+
+def derive_seed(*parts: int) -> int:
+    """A stable 63-bit seed from integers (no Python ``hash`` randomisation)."""
+    return int(
+        np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(2, np.uint64)[0]
+        >> 1
+    )
+
+
+def worker_slot() -> tuple[int, int]:
+    """(worker id, number of workers) of the current DataLoader worker, (0, 1) in the main process."""
+    info = get_worker_info()
+    return (0, 1) if info is None else (info.id, info.num_workers)
+
+
+def parse_sample(sample: dict, require_label: bool = False) -> tuple[bytes, int]:
+    """(video bytes, label) of a raw WebDataset sample; label -1 when absent and allowed."""
+    video = next((sample[e] for e in VIDEO_EXTS if e in sample), None)
+    if video is None:
+        raise SkipSample("missing_key", f"{sample.get('__key__')}: no video entry")
+    if not isinstance(video, bytes | bytearray | memoryview):
+        raise SkipSample("bad_meta", f"video entry is {type(video).__name__}")
+    label = None
+    if "json" in sample:
+        try:
+            meta = json.loads(sample["json"])
+        except (ValueError, UnicodeDecodeError) as err:
+            raise SkipSample("bad_meta", f"json: {err}") from err
+        if not isinstance(meta, dict):
+            raise SkipSample("bad_meta", f"json is {type(meta).__name__}, not an object")
+        label = meta.get("label")
+    elif "cls" in sample:  # webdataset convention: integer as text
+        label = sample["cls"].decode(errors="replace").strip()
+    if label is None:
+        if require_label:
+            raise SkipSample("missing_label")
+        return bytes(video), -1
+    if isinstance(label, bool) or not isinstance(label, int | str):
+        raise SkipSample("bad_meta", f"label {label!r} is not an integer")
+    try:
+        return bytes(video), int(label)
+    except ValueError as err:
+        raise SkipSample("bad_meta", f"label {label!r} is not an integer") from err
+
+
+def _shard_handler(counts: Counter) -> Callable[[Exception], bool]:
+    def handler(exn: Exception) -> bool:
+        counts[skip_key("bad_shard")] += 1
+        return True  # continue with the next file/shard
+
+    return handler
+
+
+def _resampled_samples(urls: list[str], rng: random.Random, counts: Counter) -> Iterator[dict]:
+    """Endless raw samples from shards drawn with replacement."""
+    handler, empty = _shard_handler(counts), 0
+    while True:
+        url = urls[rng.randrange(len(urls))]
+        got = 0
+        for sample in wds.tarfile_samples([{"url": url}], handler=handler):
+            got += 1
+            yield sample
+        empty = 0 if got else empty + 1
+        if empty >= MAX_EMPTY_SHARDS_IN_A_ROW:
+            raise RuntimeError(f"{empty} shards in a row held no readable sample (last: {url})")
+
+
+def _mix(sources: list[Iterator[dict]], weights: list[float], rng: random.Random) -> Iterator[dict]:
+    while True:
+        yield next(sources[rng.choices(range(len(sources)), weights)[0]])
+
+
+def _shuffle(samples: Iterator[dict], size: int, rng: random.Random) -> Iterator[dict]:
+    buf: list[dict] = []
+    for sample in samples:
+        if len(buf) < size:
+            buf.append(sample)
+            continue
+        i = rng.randrange(size)
+        buf[i], sample = sample, buf[i]
+        yield sample
+    rng.shuffle(buf)
+    yield from buf
+
+
+def _train_clip(
+    sample: dict, cfg: ClipConfig, rng: random.Random, counts: Counter
+) -> tuple[torch.Tensor, int]:
+    data, label = parse_sample(sample)
+    padded = False
+
+    def choose(n: int, fps: float) -> list[int]:
+        nonlocal padded
+        step = clip_step(fps, cfg.frame_step, cfg.target_fps)
+        idx, padded = train_indices(n, cfg.frames_per_clip, step, rng, cfg.short_video)
+        return idx
+
+    clip = decode_clip(data, choose, cfg.decoder, cfg.decoder_threads)
+    counts["padded"] += int(padded)
+    counts["decoder_fallback"] += int(clip.fallback)
+    video = train_transform(clip.frames, cfg.crop_size, rng, cfg.scale, cfg.ratio, cfg.flip_prob)
+    return video, label  # [C, T, crop, crop] uint8
+
+
+class TrainClipStream(IterableDataset):
+    """Endless-per-epoch training batches ``{"video", "label", "masks", "data_counts"}``.
+
+    The DataModule sets ``rank``, ``resume_count`` and bumps ``epoch`` before each epoch; the mask
+    function is called in the worker and reseeded per (seed, resume, epoch, rank, worker).
+    """
+
+    def __init__(
+        self,
+        datasets: list[list[str]],
+        weights: list[float],
+        cfg: ClipConfig,
+        batch_size: int,
+        epoch_length: int,
+        shuffle_buffer: int,
+        seed: int,
+        mask_fn: Callable[[int], list] | None = None,
+    ) -> None:
+        super().__init__()
+        if len(datasets) != len(weights) or not datasets or any(not d for d in datasets):
+            raise ValueError("need one non-empty shard list per dataset and one weight per dataset")
+        self.datasets, self.weights, self.cfg = datasets, weights, cfg
+        self.batch_size, self.epoch_length = batch_size, epoch_length
+        self.shuffle_buffer, self.seed, self.mask_fn = shuffle_buffer, seed, mask_fn
+        self.rank, self.resume_count, self.epoch = 0, 0, 0
+        self._local_iters = 0  # persistent workers iterate the same copy several times
+
+    def stream_seed(self, worker: int) -> int:
+        return derive_seed(
+            self.seed, self.resume_count, self.epoch, self._local_iters, self.rank, worker
+        )
+
+    def __iter__(self) -> Iterator[dict]:
+        worker, num_workers = worker_slot()
+        seed = self.stream_seed(worker)
+        self._local_iters += 1
+        rng = random.Random(seed)
+        if self.mask_fn is not None and hasattr(self.mask_fn, "reseed"):
+            self.mask_fn.reseed(derive_seed(seed, 1) % 2**31)
+        num_batches = self.epoch_length // num_workers + int(
+            worker < self.epoch_length % num_workers
+        )
+        counts: Counter = Counter()
+        sources = [
+            _resampled_samples(urls, random.Random(derive_seed(seed, 2, i)), counts)
+            for i, urls in enumerate(self.datasets)
+        ]
+        raw = sources[0] if len(sources) == 1 else _mix(sources, self.weights, rng)
+        raw = _shuffle(raw, self.shuffle_buffer, rng) if self.shuffle_buffer > 1 else raw
+        clips, labels, skips_in_a_row = [], [], 0
+        for _ in range(num_batches):
+            while len(clips) < self.batch_size:
+                sample = next(raw)
+                try:
+                    clip, label = _train_clip(sample, self.cfg, rng, counts)
+                except SkipSample as skip:
+                    counts[skip_key(skip.reason)] += 1
+                    skips_in_a_row += 1
+                    if skips_in_a_row >= MAX_SKIPS_IN_A_ROW:
+                        raise RuntimeError(
+                            f"{skips_in_a_row} bad samples in a row: {dict(counts)}"
+                        ) from skip
+                    continue
+                skips_in_a_row = 0
+                clips.append(clip)
+                labels.append(label)
+            yield self.collate(clips, labels, counts)
+            clips, labels = [], []
+            counts.clear()
+
+    def collate(self, clips: list[torch.Tensor], labels: list[int], counts: Counter) -> dict:
+        batch = {
+            "video": torch.stack(clips),  # [B, C, T, H, W] uint8
+            "label": torch.tensor(labels, dtype=torch.int64),  # [B]
+            "data_counts": {k: v for k, v in counts.items() if v},
+        }
+        if self.mask_fn is not None:
+            batch["masks"] = self.mask_fn(len(clips))  # [(ctx [B, nc], tgt [B, nt]), ...]
+        return batch
+
+
+class EvalClipStream(IterableDataset):
+    """Evaluation batches ``{"video": uint8 [B,S,V,C,T,H,W], "label", "key", "data_counts"}``."""
+
+    def __init__(
+        self,
+        urls: list[str],
+        cfg: ClipConfig,
+        batch_size: int,
+        rank: int = 0,
+        world_size: int = 1,
+        require_label: bool = True,
+    ) -> None:
+        super().__init__()
+        if not urls:
+            raise ValueError("eval stream needs at least one shard")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside world_size {world_size}")
+        self.urls, self.cfg, self.batch_size = urls, cfg, batch_size
+        self.rank, self.world_size, self.require_label = rank, world_size, require_label
+
+    def _my_samples(self, counts: Counter) -> Iterator[dict]:
+        worker, num_workers = worker_slot()
+        slots, slot = self.world_size * num_workers, self.rank * num_workers + worker
+        handler = _shard_handler(counts)
+        if len(self.urls) >= slots:
+            yield from wds.tarfile_samples(
+                [{"url": u} for u in self.urls[slot::slots]], handler=handler
+            )
+            return
+        samples = wds.tarfile_samples([{"url": u} for u in self.urls], handler=handler)
+        for i, sample in enumerate(samples):
+            if i % slots == slot:
+                yield sample
+
+    def _clip(self, sample: dict, counts: Counter) -> tuple[torch.Tensor, int]:
+        cfg = self.cfg
+        data, label = parse_sample(sample, require_label=self.require_label)
+        padded = False
+
+        def choose(n: int, fps: float) -> list[int]:
+            nonlocal padded
+            step = clip_step(fps, cfg.frame_step, cfg.target_fps)
+            segs, padded = segment_indices(
+                n, cfg.frames_per_clip, step, cfg.num_segments, cfg.short_video
+            )
+            return [i for seg in segs for i in seg]
+
+        clip = decode_clip(data, choose, cfg.decoder, cfg.decoder_threads)
+        counts["padded"] += int(padded)
+        counts["decoder_fallback"] += int(clip.fallback)
+        video = eval_transform(
+            clip.frames, cfg.crop_size, cfg.num_segments, cfg.num_views, cfg.eval_short_side
+        )
+        return video, label  # [S, V, C, T, crop, crop] uint8
+
+    def __iter__(self) -> Iterator[dict]:
+        counts: Counter = Counter()
+        videos, labels, keys = [], [], []
+        for sample in self._my_samples(counts):
+            try:
+                video, label = self._clip(sample, counts)
+            except SkipSample as skip:
+                counts[skip_key(skip.reason)] += 1
+                continue
+            videos.append(video)
+            labels.append(label)
+            keys.append(sample["__key__"])
+            if len(videos) == self.batch_size:
+                yield self._batch(videos, labels, keys, counts)
+                videos, labels, keys = [], [], []
+        if videos:
+            yield self._batch(videos, labels, keys, counts)
+
+    @staticmethod
+    def _batch(videos: list, labels: list, keys: list, counts: Counter) -> dict:
+        batch = {
+            "video": torch.stack(videos),  # [B, S, V, C, T, H, W] uint8
+            "label": torch.tensor(labels, dtype=torch.int64),  # [B]
+            "key": list(keys),
+            "data_counts": {k: v for k, v in counts.items() if v},
+        }
+        counts.clear()
+        return batch

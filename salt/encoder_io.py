@@ -1,0 +1,175 @@
+"""Load and export SALT encoders: one ``load_encoder(path)`` for every consumer.
+
+Two formats carry an encoder:
+- a Lightning checkpoint of either stage (``*.ckpt``): weights under ``ckpt["state_dict"]`` with the
+  prefix ``ckpt["salt"]["encoder_prefix"]`` (``"encoder."``), metadata in ``ckpt["salt"]``;
+- an exported ``*.safetensors`` (``salt export``): encoder weights without prefix, the same
+  metadata dict as JSON under the safetensors metadata key ``"salt"``.
+
+Metadata (docs/architecture.md): ``stage``, ``encoder_config`` (every ``VideoViT`` kwarg),
+``encoder_prefix``, ``rope_convention``, ``mean``, ``std``, ``step``, ``train_loss``, ``teacher``,
+``mlflow_run_id``. Loading is strict — unknown architecture keys, a different RoPE convention,
+missing, unexpected or mis-shaped weights are errors that name the file and the problem; nothing
+is loaded with ``strict=False`` (a pitfall of the peers, SPEC.md). Checkpoints are read with
+``weights_only=True`` and memory-mapped, so only the encoder's bytes are touched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from salt.checkpointing import atomic_path
+from salt.models import ROPE_CONVENTION, VideoViT
+
+ENCODER_PREFIX = "encoder."
+META_KEYS = ("stage", "encoder_config", "rope_convention", "mean", "std")
+# Constructor arguments that change how the encoder runs, never what its weights mean.
+RUNTIME_KEYS = ("attn_backend", "act_checkpoint")
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes (the teacher's identity in tags and checkpoint metadata)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _is_safetensors(path: Path) -> bool:
+    return path.suffix == ".safetensors"
+
+
+def read_encoder_state(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Encoder weights (no prefix) and the ``salt`` metadata of a checkpoint or exported file.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: the file carries no salt metadata or is incomplete.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"encoder file not found: {path}")
+    if _is_safetensors(path):
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            raw = (f.metadata() or {}).get("salt")
+            if raw is None:
+                raise ValueError(
+                    f"{path}: safetensors file has no 'salt' metadata (not exported by salt)"
+                )
+            meta = json.loads(raw)
+            state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open API
+    else:
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception as e:  # a corrupt file, or not a torch checkpoint at all
+            raise ValueError(f"{path}: cannot read as a Lightning checkpoint: {e}") from e
+        if not isinstance(ckpt, dict) or "salt" not in ckpt or "state_dict" not in ckpt:
+            raise ValueError(
+                f"{path}: not a salt checkpoint (needs 'state_dict' and 'salt' metadata; "
+                "train it with `salt fit` or pass an exported .safetensors)"
+            )
+        meta = dict(ckpt["salt"])
+        prefix = meta.get("encoder_prefix", ENCODER_PREFIX)
+        state = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+        if not state:
+            raise ValueError(f"{path}: no weights under prefix {prefix!r} in state_dict")
+    missing = [k for k in META_KEYS if k not in meta]
+    if missing:
+        raise ValueError(f"{path}: salt metadata lacks {missing}")
+    return state, meta
+
+
+def build_encoder(meta: dict[str, Any], source: str = "<metadata>", **runtime: Any) -> VideoViT:
+    """An untrained ``VideoViT`` of the architecture in ``meta["encoder_config"]``.
+
+    Args:
+        meta: salt metadata (see module docstring).
+        source: file name for error messages.
+        runtime: overrides of run-time-only options (``attn_backend``, ``act_checkpoint``).
+    """
+    bad = set(runtime) - set(RUNTIME_KEYS)
+    if bad:
+        raise ValueError(f"only {RUNTIME_KEYS} may be overridden when loading, got {sorted(bad)}")
+    config = dict(meta["encoder_config"])
+    accepted = set(inspect.signature(VideoViT).parameters)
+    unknown, lacking = set(config) - accepted, accepted - set(config)
+    if unknown or lacking:
+        raise ValueError(
+            f"{source}: unknown encoder architecture: encoder_config has unknown keys "
+            f"{sorted(unknown)} and lacks {sorted(lacking)} (this salt's VideoViT takes "
+            f"{sorted(accepted)})"
+        )
+    if config["pos_embed"] == "rope" and meta["rope_convention"] != ROPE_CONVENTION:
+        raise ValueError(
+            f"{source}: RoPE convention mismatch: file says {meta['rope_convention']!r}, this "
+            f"salt implements {ROPE_CONVENTION!r}; its weights would see rotated positions wrongly"
+        )
+    return VideoViT(**{**config, **runtime})
+
+
+def load_state_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """``load_state_dict(strict=True)`` with an error that lists what differs."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in sorted(set(own) & set(state))
+        if state[k].shape != own[k].shape
+    ]
+    if missing or unexpected or shapes:
+        raise ValueError(
+            f"{source}: encoder weights do not match its architecture: missing {missing[:8]}, "
+            f"unexpected {unexpected[:8]}, shape mismatches {shapes[:8]}"
+        )
+    module.load_state_dict(state, strict=True)
+
+
+def load_encoder(path: str | os.PathLike, **runtime: Any) -> tuple[VideoViT, dict[str, Any]]:
+    """Rebuild the encoder of a salt checkpoint (either stage) or exported ``.safetensors``.
+
+    Args:
+        path: ``*.ckpt`` written by ``salt fit`` or ``*.safetensors`` written by ``salt export``.
+        runtime: ``attn_backend`` / ``act_checkpoint`` overrides (weights are unaffected).
+
+    Returns:
+        ``(encoder, meta)``: the encoder in eval mode on the CPU, and the salt metadata dict.
+    """
+    state, meta = read_encoder_state(path)
+    encoder = build_encoder(meta, str(path), **runtime)
+    load_state_strict(encoder, state, str(path))
+    return encoder.eval(), meta
+
+
+def export_encoder(ckpt: str | os.PathLike, out: str | os.PathLike) -> Path:
+    """Write the encoder of a Lightning checkpoint as ``out`` (``.safetensors``), atomically.
+
+    The file holds the encoder weights without prefix and the checkpoint's salt metadata (plus
+    ``source_checkpoint``) as JSON under metadata key ``"salt"``. The weights are checked against
+    the architecture in the metadata before anything is written.
+    """
+    from safetensors.torch import save_file
+
+    ckpt, out = Path(ckpt), Path(out)
+    if _is_safetensors(ckpt):
+        raise ValueError(f"{ckpt} is already an exported encoder")
+    if not _is_safetensors(out):
+        raise ValueError(f"export target must end in .safetensors, got {out}")
+    state, meta = read_encoder_state(ckpt)
+    # Check the weights against the architecture before writing anything.
+    load_state_strict(build_encoder(meta, str(ckpt)), state, str(ckpt))
+    meta = {**meta, "source_checkpoint": str(ckpt.resolve())}
+    tensors = {k: v.detach().contiguous() for k, v in state.items()}
+    with atomic_path(out) as tmp:
+        save_file(tensors, str(tmp), metadata={"salt": json.dumps(meta)})
+    return out

@@ -1,0 +1,76 @@
+"""AdamW with the SALT / V-JEPA parameter groups (SPEC.md "Optimisation").
+
+Two groups: weights that decay, and everything that must not — biases, norm parameters, every
+other 1-D parameter and the predictor / decoder mask tokens. AdamW uses β = (0.9, 0.95) and the
+*fused* implementation: one kernel per step on CUDA and CPU, and the only implementation that honours
+``optimizer.found_inf`` — the device-side flag with which ``salt.step.prepare_optimizer_step`` skips
+an update after a non-finite loss or gradient without a host sync.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+# Substrings of parameter names that never decay, whatever their shape (V-JEPA excludes these too).
+NO_DECAY_NAMES = ("mask_token", "pos_embed")
+
+
+def decays(name: str, param: nn.Parameter) -> bool:
+    """Whether AdamW's weight decay applies: not to biases, norms, 1-D params or mask tokens."""
+    if param.ndim <= 1 or name.endswith(".bias"):
+        return False
+    return not any(s in name for s in NO_DECAY_NAMES)
+
+
+def param_groups(named_params: Iterable[tuple[str, nn.Parameter]]) -> list[dict]:
+    """Split trainable parameters into a decayed and a non-decayed AdamW group.
+
+    Frozen parameters (``requires_grad=False``) are left out entirely. Each group carries an
+    ``"apply_wd"`` flag that ``salt.schedules.WarmupCosineSchedule`` reads, and ``"names"`` for
+    inspection and tests.
+    """
+    decay, no_decay = ([], []), ([], [])
+    for name, p in named_params:
+        if not p.requires_grad:
+            continue
+        names, params = decay if decays(name, p) else no_decay
+        names.append(name)
+        params.append(p)
+    groups = [
+        {"params": decay[1], "names": decay[0], "apply_wd": True},
+        {"params": no_decay[1], "names": no_decay[0], "apply_wd": False, "weight_decay": 0.0},
+    ]
+    groups = [g for g in groups if g["params"]]
+    if not groups:
+        raise ValueError("no trainable parameters to optimise")
+    return groups
+
+
+def build_adamw(
+    named_params: Iterable[tuple[str, nn.Parameter]],
+    lr: float,
+    weight_decay: float,
+    betas: tuple[float, float] = (0.9, 0.95),
+    eps: float = 1e-8,
+) -> torch.optim.AdamW:
+    """Fused AdamW over ``param_groups(named_params)``.
+
+    Args:
+        named_params: ``module.named_parameters()`` of everything that trains (never the teacher).
+        lr: initial learning rate (the schedule overwrites it every step).
+        weight_decay: initial weight decay of the decayed group.
+        betas: AdamW betas.
+        eps: AdamW epsilon.
+    """
+    groups = param_groups(named_params)
+    return torch.optim.AdamW(
+        groups, lr=lr, weight_decay=weight_decay, betas=tuple(betas), eps=eps, fused=True
+    )
+
+
+def unwrap_optimizer(optimizer: object) -> torch.optim.Optimizer:
+    """The torch optimizer behind Lightning's ``LightningOptimizer`` wrapper (or itself)."""
+    return getattr(optimizer, "_optimizer", optimizer)

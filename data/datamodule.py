@@ -217,6 +217,7 @@ class VideoDataModule(pl.LightningDataModule):
         self.mask_fn: Callable[[int], list] | None = None
         self.resume_count, self.batches_seen, self.batches_in_epoch = 0, 0, 0
         self._epochs_started = 0
+        self._resume_offset = 0  # batches of the interrupted epoch consumed before the resume
         self._counts: dict[str, int] = {}
         self._val_counts: dict[str, int] = {}
         self._train_stream: TrainClipStream | None = None
@@ -263,8 +264,8 @@ class VideoDataModule(pl.LightningDataModule):
         stream = self._train_stream
         stream.epoch = self._epochs_started
         self._epochs_started += 1
-        stream.epoch_length = self.epoch_length - self.batches_in_epoch
-        self.batches_in_epoch = 0
+        stream.epoch_length = self.epoch_length - self._resume_offset
+        self.batches_in_epoch, self._resume_offset = self._resume_offset, 0
 
     def val_dataloader(self) -> DataLoader | list:
         if self.val_shards is None:
@@ -334,4 +335,5 @@ class VideoDataModule(pl.LightningDataModule):
         self.resume_count = int(state["resume_count"]) + 1
         self.batches_seen = int(state["batches_seen"])
         self.batches_in_epoch = int(state["batches_in_epoch"]) % self.epoch_length
+        self._resume_offset = self.batches_in_epoch
         self._counts = dict(state.get("counts", {}))

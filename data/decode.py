@@ -79,6 +79,8 @@ def _decode_decord(data: bytes, choose: Chooser, threads: int) -> DecodedClip:
     indices = [int(i) for i in choose(n, fps)]
     unique = np.unique(indices)
     frames = vr.get_batch(unique.tolist()).asnumpy()  # [u, H, W, 3]
+    if frames.ndim != 4 or frames.shape[0] != len(unique) or frames.shape[-1] != 3:
+        raise ValueError(f"decord returned frames of shape {frames.shape}")  # -> PyAV fallback
     return DecodedClip(_gather(unique, frames, indices), indices, n, fps, "decord")
 
 

@@ -15,7 +15,13 @@ import argparse
 import json
 import sys
 
-from salt.data.shards import DEFAULT_MAX_SIZE, inspect_shards, list_inputs, report_path, write_shards
+from salt.data.shards import (
+    DEFAULT_MAX_SIZE,
+    inspect_shards,
+    list_inputs,
+    report_path,
+    write_shards,
+)
 
 
 def _make(args: argparse.Namespace) -> int:
@@ -82,24 +88,32 @@ def build_parser() -> argparse.ArgumentParser:
     make = sub.add_parser("make", help="write videos into WebDataset shards")
     make.add_argument("--input", required=True, help="CSV (path[,label]) or a folder of videos")
     make.add_argument("--output", required=True, help="shard pattern, e.g. out/train-%%06d.tar")
-    make.add_argument("--resize", type=int, default=None, help="re-encode to this short side (H.264)")
+    make.add_argument(
+        "--resize", type=int, default=None, help="re-encode to this short side (H.264)"
+    )
     make.add_argument("--max-count", type=int, default=1000, help="samples per shard")
     make.add_argument("--max-size", type=int, default=DEFAULT_MAX_SIZE, help="bytes per shard")
     make.add_argument("--workers", type=int, default=1, help="processes probing/re-encoding")
     make.add_argument("--crf", type=int, default=23, help="x264 quality when re-encoding")
-    make.add_argument("--label-from-parent", action="store_true", help="folder input: label = class folder")
+    make.add_argument(
+        "--label-from-parent", action="store_true", help="folder input: label = class folder"
+    )
     make.add_argument("--limit", type=int, default=None, help="only the first N inputs")
     make.add_argument("--quiet", action="store_true", help="no progress bar")
     make.set_defaults(fn=_make)
 
     insp = sub.add_parser("inspect", help="count samples and labels; optionally decode every video")
     insp.add_argument("shards", help="shard spec: braces, globs or a::b")
-    insp.add_argument("--decode", action="store_true", help="decode the first and last frame of each video")
+    insp.add_argument(
+        "--decode", action="store_true", help="decode the first and last frame of each video"
+    )
     insp.add_argument("--decoder", default="auto", choices=["auto", "decord", "pyav"])
     insp.add_argument("--json", action="store_true", help="machine-readable output")
     insp.set_defaults(fn=_inspect)
 
-    synth = sub.add_parser("synth", help="write the synthetic motion dataset (train/probe_train/val)")
+    synth = sub.add_parser(
+        "synth", help="write the synthetic motion dataset (train/probe_train/val)"
+    )
     synth.add_argument("--output", required=True, help="output folder")
     synth.add_argument("--num-train", type=int, default=512)
     synth.add_argument("--num-probe-train", type=int, default=None, help="default: --num-train")

@@ -31,7 +31,7 @@ def test_crop_params_respect_scale_and_aspect() -> None:
     rng = random.Random(0)
     for _ in range(500):
         top, left, h, w = random_resized_crop_params(256, 340, (0.3, 1.0), (0.75, 1.35), rng)
-        assert 0 <= top and top + h <= 256 and 0 <= left and left + w <= 340
+        assert top >= 0 and top + h <= 256 and left >= 0 and left + w <= 340
         assert 0.3 * 0.95 <= h * w / (256 * 340) <= 1.0
         assert 0.75 * 0.95 <= w / h <= 1.35 * 1.05
 

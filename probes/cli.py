@@ -193,6 +193,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         out["random_top1"] = rnd.top1
         out["random"] = {k: v for k, v in rnd.summary().items() if k != "confusion"}
     print(_table(ckpt, meta, res, rnd))
+    if args.output_json:
+        Path(args.output_json).parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         png_dir = Path(args.output_json).parent if args.output_json else Path(tmp)
         stem = Path(args.output_json).stem if args.output_json else "probe"
@@ -207,7 +209,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                   f"at {out['mlflow']['tracking_uri']}")  # fmt: skip
     if args.output_json:
         path = Path(args.output_json)
-        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(out, indent=2))
         print(f"wrote {path}")
     return out

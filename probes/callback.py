@@ -1,0 +1,200 @@
+"""A live probe during training: every N steps, a quick probe on the current encoder.
+
+SPEC.md "Model selection": the student's loss predicts its frozen accuracy. `LiveProbe` makes
+that visible while a run is live — every `every_n_steps` optimizer steps it encodes a small
+labelled set with the module's current encoder (frozen for the moment: eval mode, no grad), trains
+one quick head (linear, or a tiny attentive probe) for a few epochs and logs `probe/live_top1` to
+the trainer's loggers at the same step as `train/loss`.
+
+Add it to a run with `--trainer.callbacks+=salt.probes.callback.LiveProbe
+--trainer.callbacks.train_shards=... --trainer.callbacks.num_classes=...` (or in the YAML).
+
+The probe never changes training: it runs on global rank 0 only, restores the encoder's train/eval
+mode, and forks the RNG so the training stream (masks, dropout, data order) is the same as
+without it. The labelled clips are decoded once and kept in memory (uint8), so keep the set small.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+
+from salt.probes.features import encode_clips
+from salt.probes.selection import stratified_split
+from salt.probes.sweep import HeadGrid, HeadSpec, predict, train_grid
+
+
+class LiveProbe(pl.Callback):
+    """Quick probe of the module's encoder every N steps; logs `probe/live_top1`.
+
+    Args:
+        train_shards: labelled shards the probe head is trained on.
+        num_classes: number of classes.
+        val_shards: labelled shards it is scored on; None = score on a held-out slice of train.
+        every_n_steps: probe when `trainer.global_step` is a multiple of this.
+        frames_per_clip: frames per clip (None = the module's `num_frames`).
+        frame_step: frame stride.
+        crop_size: crop side (None = the module's `img_size`).
+        max_samples: keep at most this many samples per split (None = all).
+        kind: "linear" or "attentive".
+        depth: attentive probe depth (1 = V-JEPA 1's single cross-attention block).
+        num_heads: attentive probe heads.
+        lr: head learning rate. weight_decay: head weight decay.
+        epochs: head training epochs. batch_size: head batch size.
+        heldout_fraction: held-out share of train when `val_shards` is None.
+        seed: seed of the split, the head init and its data order.
+        at_start: also probe before the first step.
+        num_workers: loader workers for the one-time decode.
+        encoder_attr: attribute of the LightningModule holding the encoder.
+    """
+
+    def __init__(
+        self,
+        train_shards: str,
+        num_classes: int,
+        val_shards: str | None = None,
+        every_n_steps: int = 500,
+        frames_per_clip: int | None = None,
+        frame_step: int = 4,
+        crop_size: int | None = None,
+        max_samples: int | None = 512,
+        kind: str = "linear",
+        depth: int = 1,
+        num_heads: int = 4,
+        lr: float = 1e-3,
+        weight_decay: float = 0.01,
+        epochs: int = 10,
+        batch_size: int = 32,
+        heldout_fraction: float = 0.2,
+        seed: int = 0,
+        at_start: bool = False,
+        num_workers: int = 0,
+        encoder_attr: str = "encoder",
+    ):
+        super().__init__()
+        if every_n_steps < 1:
+            raise ValueError(f"every_n_steps must be >= 1, got {every_n_steps}")
+        self.train_shards, self.val_shards, self.num_classes = train_shards, val_shards, num_classes
+        self.every_n_steps, self.at_start = every_n_steps, at_start
+        self.clip = {
+            "frames_per_clip": frames_per_clip,
+            "frame_step": frame_step,
+            "crop_size": crop_size,
+        }
+        self.max_samples, self.num_workers = max_samples, num_workers
+        self.spec = HeadSpec(kind, lr, weight_decay)
+        self.depth, self.num_heads = depth, num_heads
+        self.epochs, self.batch_size = epochs, batch_size
+        self.heldout_fraction, self.seed = heldout_fraction, seed
+        self.encoder_attr = encoder_attr
+        self.history: list[tuple[int, float]] = []  # (step, top-1) of every probe run
+        self._data: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
+        self._last_step = -1
+
+    # ------------------------------------------------------------------ data, once
+    def _load(
+        self, shards: str, pl_module: pl.LightningModule
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        from salt.data import eval_loader
+
+        c = self.clip
+        loader = eval_loader(
+            shards,
+            frames_per_clip=c["frames_per_clip"] or getattr(pl_module, "num_frames", 16),
+            frame_step=c["frame_step"],
+            crop_size=c["crop_size"] or getattr(pl_module, "img_size", 224),
+            batch_size=16,
+            num_workers=self.num_workers,
+        )
+        videos, labels, n = [], [], 0
+        for batch in loader:
+            videos.append(batch["video"])  # uint8 [B, 1, 1, C, T, H, W]
+            labels.append(batch["label"])
+            n += len(batch["label"])
+            if self.max_samples is not None and n >= self.max_samples:
+                break
+        if not videos:
+            raise ValueError(f"LiveProbe: no labelled samples in {shards}")
+        video, label = torch.cat(videos), torch.cat(labels)
+        return video[: self.max_samples], label[: self.max_samples]
+
+    # ------------------------------------------------------------------ hooks
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.at_start and trainer.is_global_zero:
+            self._probe(trainer, pl_module)
+
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        step = trainer.global_step
+        # global_step repeats across gradient-accumulation micro-batches: probe once per step
+        if step > 0 and step % self.every_n_steps == 0 and step != self._last_step:
+            self._last_step = step
+            if trainer.is_global_zero:
+                self._probe(trainer, pl_module)
+
+    # ------------------------------------------------------------------ the probe
+    @torch.no_grad()
+    def _features(
+        self, encoder: torch.nn.Module, video: torch.Tensor, pl_module: pl.LightningModule
+    ) -> torch.Tensor:
+        mean, std = pl_module.mean, pl_module.std  # the module's input normalisation
+        out = [
+            encode_clips(encoder, v.to(pl_module.device), mean=mean, std=std).float()
+            for v in video.split(self.batch_size)
+        ]
+        return torch.cat(out)  # [M, 1, N, D]
+
+    def _probe(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> float:
+        t0 = time.perf_counter()
+        if self._data is None:
+            self._data = {"train": self._load(self.train_shards, pl_module)}
+            if self.val_shards:
+                self._data["val"] = self._load(self.val_shards, pl_module)
+        encoder = getattr(pl_module, self.encoder_attr)
+        device = pl_module.device
+        devices = [device.index or 0] if device.type == "cuda" else []
+        was_training = encoder.training
+        encoder.eval()
+        try:
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(self.seed)
+                top1 = self._fit_and_score(encoder, pl_module, device)
+        finally:
+            encoder.train(was_training)
+        self.history.append((trainer.global_step, top1))
+        metrics = {"probe/live_top1": top1, "probe/live_seconds": time.perf_counter() - t0}
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)
+        return top1
+
+    def _fit_and_score(
+        self, encoder: torch.nn.Module, pl_module: pl.LightningModule, device: torch.device
+    ) -> float:
+        video, labels = self._data["train"]
+        feats = self._features(encoder, video, pl_module)
+        if "val" in self._data:
+            fit_idx = torch.arange(len(labels))
+            val_video, val_labels = self._data["val"]
+            val_feats = self._features(encoder, val_video, pl_module)
+        else:
+            fit_idx, held_idx = stratified_split(labels, self.heldout_fraction, self.seed)
+            val_feats, val_labels = feats[held_idx.to(feats.device)], labels[held_idx]
+        grid = HeadGrid([self.spec], feats.shape[-1], self.num_classes, self.depth, self.num_heads)
+        with torch.enable_grad():
+            train_grid(
+                grid, feats, labels, fit_idx, epochs=self.epochs, batch_size=self.batch_size,
+                seed=self.seed, device=device,
+            )  # fmt: skip
+        probs = predict(
+            grid.heads[self.spec.name], val_feats, batch_size=self.batch_size, device=device
+        )
+        return (probs.argmax(-1) == val_labels).float().mean().item()

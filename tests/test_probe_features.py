@@ -1,0 +1,95 @@
+"""Frozen multi-clip × multi-view features: shapes, token order, no grad, and the on-disk cache.
+
+Uses the registered `vit_test` encoder and real H.264 synthetic shards read by the contract's
+`salt.data.eval_loader`.
+"""
+
+import pytest
+import torch
+
+from salt.data import eval_loader
+from salt.data.synthetic import write_synthetic_shards
+from salt.data.transforms import normalize
+from salt.models import create_encoder
+from salt.probes.features import (
+    FeatureSet,
+    cached_extract,
+    encode_clips,
+    extract_features,
+    feature_cache_key,
+)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    out = tmp_path_factory.mktemp("syn")
+    return write_synthetic_shards(
+        str(out), num_train=8, num_val=6, num_classes=3, frames=16, size=32
+    )
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    torch.manual_seed(0)
+    return create_encoder("vit_test").eval()
+
+
+def test_encode_clips_concatenates_segments_per_view(encoder):
+    B, S, V, T, H = 2, 2, 3, 4, 32
+    video = torch.randint(0, 256, (B, S, V, 3, T, H, H), dtype=torch.uint8)
+    out = encode_clips(encoder, video)
+    N = (T // 2) * (H // 16) ** 2  # tubelet 2, patch 16
+    assert out.shape == (B, V, S * N, encoder.embed_dim)
+    with torch.no_grad():
+        for v in range(V):
+            for s in range(S):
+                alone = encoder.forward_features(normalize(video[:, s, v]))  # [B, N, D]
+                torch.testing.assert_close(
+                    out[:, v, s * N : (s + 1) * N], alone, atol=1e-5, rtol=1e-5
+                )
+    with pytest.raises(ValueError, match=r"\[B, S, V, C, T, H, W\]"):
+        encode_clips(encoder, video[:, 0])
+
+
+def test_extract_features_from_shards_multiclip(shards, encoder):
+    loader = eval_loader(
+        shards["val"], frames_per_clip=8, frame_step=2, crop_size=32, num_segments=2, num_views=3,
+        batch_size=4, num_workers=0,
+    )  # fmt: skip
+    params = [p.clone() for p in encoder.parameters()]
+    fs = extract_features(encoder, loader)
+    N = (8 // 2) * (32 // 16) ** 2
+    assert fs.feats.shape == (6, 3, 2 * N, 64) and fs.feats.dtype == torch.float16
+    assert fs.labels.tolist() == [0, 1, 2, 0, 1, 2] and len(fs.keys) == 6
+    assert not fs.feats.requires_grad and all(p.grad is None for p in encoder.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(params, encoder.parameters(), strict=True))
+    # the two segments are different time windows (square synthetic videos make the 3 crops equal)
+    assert not torch.equal(fs.feats[:, :, :N], fs.feats[:, :, N:])
+
+
+def test_feature_cache_extracts_once_per_key(shards, tmp_path):
+    calls = []
+
+    def extract():
+        calls.append(1)
+        return FeatureSet(
+            torch.randn(4, 1, 3, 8).half(), torch.arange(4), list("abcd"), {"padded": 1}
+        )
+
+    proto = {"frames_per_clip": 8, "num_segments": 1}
+    key = feature_cache_key("ckpt-sha", shards["val"], proto)
+    a = cached_extract(tmp_path, key, extract, log=lambda m: None)
+    b = cached_extract(tmp_path, key, extract, log=lambda m: None)
+    assert len(calls) == 1 and torch.equal(a.feats, b.feats) and b.keys == list("abcd")
+    assert b.skipped == {"padded": 1}
+    assert feature_cache_key("ckpt-sha", shards["val"], {**proto, "num_segments": 2}) != key
+    assert feature_cache_key("other", shards["val"], proto) != key
+    assert feature_cache_key("ckpt-sha", shards["train"], proto) != key

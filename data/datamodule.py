@@ -30,8 +30,6 @@ consumed when the checkpoint was written.
 
 from __future__ import annotations
 
-import glob
-import os
 import warnings
 from collections.abc import Callable
 from typing import Any, Literal
@@ -39,34 +37,10 @@ from typing import Any, Literal
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
-from webdataset.shardlists import expand_urls
 
 from salt.data.dataset import ClipConfig, EvalClipStream, TrainClipStream
+from salt.data.samples import expand_shards
 from salt.data.stats import sum_counts
-
-
-def expand_shards(spec: str | list[str]) -> list[str]:
-    """Shard URLs of one spec: ``a::b``, braces ``x-{000..009}.tar`` and globs ``dir/*.tar``.
-
-    Local paths must exist (a typo is an error here, not an endless loop of failed reads).
-    """
-    specs = [spec] if isinstance(spec, str) else list(spec)
-    urls: list[str] = []
-    for s in specs:
-        for url in expand_urls(s):
-            remote = "://" in url or url.startswith("pipe:")
-            if not remote and any(c in url for c in "*?["):
-                found = sorted(glob.glob(url))
-                if not found:
-                    raise FileNotFoundError(f"no shard matches {url!r}")
-                urls.extend(found)
-            elif not remote and not os.path.exists(url):
-                raise FileNotFoundError(f"shard {url!r} does not exist")
-            else:
-                urls.append(url)
-    if not urls:
-        raise ValueError(f"no shards in {spec!r}")
-    return urls
 
 
 class EpochDataLoader(DataLoader):

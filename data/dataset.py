@@ -20,7 +20,6 @@ every slot reads all shards and keeps sample ``i`` when ``i % slots == slot``.
 
 from __future__ import annotations
 
-import json
 import random
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -32,11 +31,11 @@ import webdataset as wds
 from torch.utils.data import IterableDataset, get_worker_info
 
 from salt.data.decode import decode_clip
+from salt.data.samples import parse_sample
 from salt.data.sampling import clip_step, segment_indices, train_indices
 from salt.data.stats import SkipSample, skip_key
 from salt.data.transforms import eval_transform, train_transform
 
-VIDEO_EXTS = ("mp4", "webm", "mkv", "avi", "mov", "m4v", "mpg", "mpeg", "ogv", "flv", "wmv")
 MAX_SKIPS_IN_A_ROW = 1000  # a dataset that is all bad is an error, not an endless loop
 MAX_EMPTY_SHARDS_IN_A_ROW = 200
 
@@ -72,36 +71,6 @@ def worker_slot() -> tuple[int, int]:
     """(worker id, number of workers) of the current DataLoader worker, (0, 1) in the main process."""
     info = get_worker_info()
     return (0, 1) if info is None else (info.id, info.num_workers)
-
-
-def parse_sample(sample: dict, require_label: bool = False) -> tuple[bytes, int]:
-    """(video bytes, label) of a raw WebDataset sample; label -1 when absent and allowed."""
-    video = next((sample[e] for e in VIDEO_EXTS if e in sample), None)
-    if video is None:
-        raise SkipSample("missing_key", f"{sample.get('__key__')}: no video entry")
-    if not isinstance(video, bytes | bytearray | memoryview):
-        raise SkipSample("bad_meta", f"video entry is {type(video).__name__}")
-    label = None
-    if "json" in sample:
-        try:
-            meta = json.loads(sample["json"])
-        except (ValueError, UnicodeDecodeError) as err:
-            raise SkipSample("bad_meta", f"json: {err}") from err
-        if not isinstance(meta, dict):
-            raise SkipSample("bad_meta", f"json is {type(meta).__name__}, not an object")
-        label = meta.get("label")
-    elif "cls" in sample:  # webdataset convention: integer as text
-        label = sample["cls"].decode(errors="replace").strip()
-    if label is None:
-        if require_label:
-            raise SkipSample("missing_label")
-        return bytes(video), -1
-    if isinstance(label, bool) or not isinstance(label, int | str):
-        raise SkipSample("bad_meta", f"label {label!r} is not an integer")
-    try:
-        return bytes(video), int(label)
-    except ValueError as err:
-        raise SkipSample("bad_meta", f"label {label!r} is not an integer") from err
 
 
 def _shard_handler(counts: Counter) -> Callable[[Exception], bool]:

@@ -27,10 +27,9 @@ import av
 import webdataset as wds
 from tqdm import tqdm
 
-from salt.data.datamodule import expand_shards
-from salt.data.dataset import VIDEO_EXTS, parse_sample
 from salt.data.decode import decode_clip
 from salt.data.encode import H264Writer
+from salt.data.samples import VIDEO_EXTS, expand_shards, parse_sample
 from salt.data.stats import SkipSample
 
 DEFAULT_MAX_SIZE = 1 << 30  # 1 GiB shards

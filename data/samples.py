@@ -1,0 +1,72 @@
+"""Raw WebDataset samples and shard specs: which entry is the video, what the label is, which
+files a spec names. No torch/Lightning here beyond webdataset itself, so the ``salt-shards`` CLI
+starts fast.
+
+A sample is ``<key>.<video ext>`` + optional ``<key>.json`` ({"label": int, ...}) or ``<key>.cls``.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+
+from webdataset.shardlists import expand_urls
+
+from salt.data.stats import SkipSample
+
+VIDEO_EXTS = ("mp4", "webm", "mkv", "avi", "mov", "m4v", "mpg", "mpeg", "ogv", "flv", "wmv", "ts")
+
+
+def parse_sample(sample: dict, require_label: bool = False) -> tuple[bytes, int]:
+    """(video bytes, label) of a raw WebDataset sample; label -1 when absent and allowed."""
+    video = next((sample[e] for e in VIDEO_EXTS if e in sample), None)
+    if video is None:
+        raise SkipSample("missing_key", f"{sample.get('__key__')}: no video entry")
+    if not isinstance(video, bytes | bytearray | memoryview):
+        raise SkipSample("bad_meta", f"video entry is {type(video).__name__}")
+    label = None
+    if "json" in sample:
+        try:
+            meta = json.loads(sample["json"])
+        except (ValueError, UnicodeDecodeError) as err:
+            raise SkipSample("bad_meta", f"json: {err}") from err
+        if not isinstance(meta, dict):
+            raise SkipSample("bad_meta", f"json is {type(meta).__name__}, not an object")
+        label = meta.get("label")
+    elif "cls" in sample:  # webdataset convention: integer as text
+        label = sample["cls"].decode(errors="replace").strip()
+    if label is None:
+        if require_label:
+            raise SkipSample("missing_label")
+        return bytes(video), -1
+    if isinstance(label, bool) or not isinstance(label, int | str):
+        raise SkipSample("bad_meta", f"label {label!r} is not an integer")
+    try:
+        return bytes(video), int(label)
+    except ValueError as err:
+        raise SkipSample("bad_meta", f"label {label!r} is not an integer") from err
+
+
+def expand_shards(spec: str | list[str]) -> list[str]:
+    """Shard URLs of one spec: ``a::b``, braces ``x-{000..009}.tar`` and globs ``dir/*.tar``.
+
+    Local paths must exist (a typo is an error here, not an endless loop of failed reads).
+    """
+    specs = [spec] if isinstance(spec, str) else list(spec)
+    urls: list[str] = []
+    for s in specs:
+        for url in expand_urls(s):
+            remote = "://" in url or url.startswith("pipe:")
+            if not remote and any(c in url for c in "*?["):
+                found = sorted(glob.glob(url))
+                if not found:
+                    raise FileNotFoundError(f"no shard matches {url!r}")
+                urls.extend(found)
+            elif not remote and not os.path.exists(url):
+                raise FileNotFoundError(f"shard {url!r} does not exist")
+            else:
+                urls.append(url)
+    if not urls:
+        raise ValueError(f"no shards in {spec!r}")
+    return urls

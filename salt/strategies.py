@@ -1,0 +1,357 @@
+"""Distributed strategies for `salt fit`: DDP by default, FSDP2 for ViT-g/G.
+
+Kept out of `models/` (which never imports torch.distributed) and out of the LightningModules:
+the method code is the same on one CPU and on 64 GPUs; this file decides how it is spread.
+
+- `SaltDDPStrategy` (configs/strategy/ddp.yaml): Lightning's DDP, except that frozen submodules
+  (the stage-2 teacher) are put on DDP's ignore list: never broadcast, never bucketed, never
+  reduced. Each rank loads the same teacher file, so nothing needs syncing.
+- `SaltFSDPStrategy` (configs/strategy/fsdp.yaml): PyTorch's FSDP2 (`fully_shard`, DTensor
+  parameters) through Lightning's `ModelParallelStrategy`, with the sharding applied here rather
+  than in a `configure_model` hook: one FSDP unit per transformer `Block` (encoder, predictor,
+  pixel decoder), then one per trainable top-level child (its embeddings and norms). The frozen
+  teacher is not sharded: it stays a plain replicated module on every GPU (it needs every weight
+  for every forward, and has no gradients or optimizer state to save memory on). Activation
+  checkpointing uses the models' own per-block switch (`act_checkpoint`). Checkpoints are sharded
+  folders (torch.distributed.checkpoint); `consolidate_checkpoint` turns one into a single
+  Lightning checkpoint file that `salt.encoder_io.export_encoder` can export.
+  FSDP2 rather than FSDP1: it runs on CPU with gloo (so it is tested here) and is PyTorch's
+  supported path; FSDP1 needs an accelerator.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from lightning_fabric.plugins.collectives.torch_collective import default_pg_timeout
+from pytorch_lightning.strategies import DDPStrategy, ModelParallelStrategy
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+log = logging.getLogger(__name__)
+
+DEFAULT_WRAP_CLASSES = ("salt.models.block.Block",)
+# Encoder/predictor entry points other than forward(): FSDP2 hooks must run around them too.
+FORWARD_METHODS = ("forward_features", "forward_intermediates")
+_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+# --------------------------------------------------------------------------- frozen parts
+
+
+def frozen_submodules(module: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The top-most submodules whose parameters are all frozen (the stage-2 teacher).
+
+    A module may name them itself with a `frozen_modules() -> dict[str, nn.Module]` method;
+    otherwise every child with parameters, none of which requires grad, counts (recursing into
+    children that mix frozen and trainable parameters).
+    """
+    explicit = getattr(module, "frozen_modules", None)
+    if callable(explicit):
+        return list(explicit().items())
+    found: list[tuple[str, nn.Module]] = []
+
+    def visit(prefix: str, m: nn.Module) -> None:
+        for name, child in m.named_children():
+            params = list(child.parameters())
+            if not params:
+                continue
+            full = f"{prefix}{name}"
+            if not any(p.requires_grad for p in params):
+                found.append((full, child))
+            elif not all(p.requires_grad for p in params):
+                visit(f"{full}.", child)
+
+    visit("", module)
+    return found
+
+
+def frozen_state_names(module: nn.Module) -> list[str]:
+    """Fully qualified names of every parameter and buffer inside the frozen submodules."""
+    names = []
+    for prefix, sub in frozen_submodules(module):
+        names += [f"{prefix}.{n}" for n, _ in sub.named_parameters()]
+        names += [f"{prefix}.{n}" for n, _ in sub.named_buffers()]
+    return names
+
+
+# --------------------------------------------------------------------------- DDP
+
+
+class SaltDDPStrategy(DDPStrategy):
+    """Lightning's DDP with the frozen teacher on DDP's ignore list (see module docstring).
+
+    Args:
+        find_unused_parameters: DDP's search for parameters without gradients (slow; off).
+        gradient_as_bucket_view: gradients alias DDP's buckets (saves one copy of the grads).
+        static_graph: DDP's static-graph optimisation (same used parameters every step).
+        process_group_backend: "nccl" / "gloo"; None picks from the device.
+        timeout: collective timeout.
+    """
+
+    def __init__(
+        self,
+        find_unused_parameters: bool = False,
+        gradient_as_bucket_view: bool = True,
+        static_graph: bool = False,
+        process_group_backend: str | None = None,
+        timeout: timedelta | None = default_pg_timeout,
+    ) -> None:
+        super().__init__(
+            process_group_backend=process_group_backend,
+            timeout=timeout,
+            find_unused_parameters=find_unused_parameters,
+            gradient_as_bucket_view=gradient_as_bucket_view,
+            static_graph=static_graph,
+        )
+
+    def _setup_model(self, model: nn.Module) -> DistributedDataParallel:
+        ignored = frozen_state_names(model)
+        if ignored:
+            # public-by-convention hook DDP reads at construction (torch keeps it for FSDP/DDP mixes)
+            DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, ignored)
+            log.info("DDP ignores %d frozen tensors (%s...)", len(ignored), ignored[0])
+        return super()._setup_model(model)
+
+
+# --------------------------------------------------------------------------- FSDP2
+
+
+def _import_class(path: str) -> type:
+    module_name, _, cls_name = path.rpartition(".")
+    module = __import__(module_name, fromlist=[cls_name])
+    return getattr(module, cls_name)
+
+
+def shard_module(
+    module: nn.Module,
+    mesh: Any,
+    wrap_classes: Iterable[type] | None = None,
+    reshard_after_forward: bool = True,
+    mp_policy: Any | None = None,
+    activation_checkpointing: bool = True,
+) -> dict[str, list[str]]:
+    """Apply FSDP2 to `module` in place: each wrap-class block, then each trainable top-level child.
+
+    Frozen submodules (`frozen_submodules`) are left whole. Trainable parameters owned directly by
+    `module` (outside any child) would never be reduced, so they are an error.
+
+    Returns:
+        {"blocks": [...], "roots": [...], "frozen": [...]}: names of what was sharded / left out.
+    """
+    from torch.distributed.fsdp import (
+        MixedPrecisionPolicy,
+        fully_shard,
+        register_fsdp_forward_method,
+    )
+
+    if wrap_classes is None:
+        wrap_classes = tuple(_import_class(p) for p in DEFAULT_WRAP_CLASSES)
+    wrap_classes = tuple(wrap_classes)
+    mp_policy = mp_policy or MixedPrecisionPolicy()
+    frozen = frozen_submodules(module)
+    frozen_ids = {id(m) for _, m in frozen}
+    direct = [n for n, p in module.named_parameters(recurse=False) if p.requires_grad]
+    if direct:
+        raise ValueError(
+            f"FSDP: trainable parameters owned directly by {type(module).__name__} ({direct}) "
+            "would not be sharded or reduced; move them into a submodule"
+        )
+    kw = {"mesh": mesh, "reshard_after_forward": reshard_after_forward, "mp_policy": mp_policy}
+    report: dict[str, list[str]] = {"blocks": [], "roots": [], "frozen": [n for n, _ in frozen]}
+
+    def trainable_modules(prefix: str, m: nn.Module):  # depth-first, skipping frozen subtrees
+        for name, child in m.named_children():
+            if id(child) in frozen_ids:
+                continue
+            yield f"{prefix}{name}", child
+            yield from trainable_modules(f"{prefix}{name}.", child)
+
+    # bottom-up: blocks first, so each parent unit only holds what its blocks do not
+    for name, child in trainable_modules("", module):
+        if isinstance(child, wrap_classes):
+            fully_shard(child, **kw)
+            report["blocks"].append(name)
+        if activation_checkpointing and hasattr(child, "act_checkpoint"):
+            child.act_checkpoint = True  # models/ recompute their blocks in backward
+    for name, child in module.named_children():
+        if id(child) in frozen_ids or not any(p.requires_grad for p in child.parameters()):
+            continue
+        if isinstance(child, wrap_classes):
+            continue  # already a unit
+        # last unit (the root of this child): its forward is the one that waits for reductions
+        own = set(child.parameters())
+        ignored = {p for _, m in frozen for p in m.parameters() if p in own}
+        fully_shard(child, **{**kw, "reshard_after_forward": False}, ignored_params=ignored or None)
+        for method in FORWARD_METHODS:
+            if callable(getattr(child, method, None)):
+                register_fsdp_forward_method(child, method)
+        report["roots"].append(name)
+    return report
+
+
+class SaltFSDPStrategy(ModelParallelStrategy):
+    """FSDP2 data parallel over every rank (or hybrid: shard in a node, replicate across nodes).
+
+    Args:
+        activation_checkpointing: recompute each trainable block in backward (ViT-g/G need it).
+        param_dtype: dtype of the all-gathered parameters for compute ("bfloat16" on GPU), or
+            None to keep fp32 (the CPU tests).
+        reduce_dtype: dtype of the gradient reduce-scatter.
+        reshard_after_forward: free gathered block weights after forward (ZeRO-3) or keep them
+            until backward (ZeRO-2, more memory, less communication).
+        hybrid: shard within a node, replicate across nodes (HSDP); only with >1 node.
+        save_distributed_checkpoint: sharded checkpoint folders (True) or one full file gathered
+            on rank 0 (False; slow and memory-hungry for ViT-g/G).
+        wrap_classes: import paths of the classes that form one FSDP unit each.
+        process_group_backend: "nccl" / "gloo"; None picks from the device.
+        timeout: collective timeout.
+    """
+
+    def __init__(
+        self,
+        activation_checkpointing: bool = True,
+        param_dtype: str | None = "bfloat16",
+        reduce_dtype: str | None = "float32",
+        reshard_after_forward: bool = True,
+        hybrid: bool = False,
+        save_distributed_checkpoint: bool = True,
+        wrap_classes: list[str] | None = None,
+        process_group_backend: str | None = None,
+        timeout: timedelta | None = default_pg_timeout,
+    ) -> None:
+        super().__init__(
+            save_distributed_checkpoint=save_distributed_checkpoint,
+            process_group_backend=process_group_backend,
+            timeout=timeout,
+        )
+        for name, dt in (("param_dtype", param_dtype), ("reduce_dtype", reduce_dtype)):
+            if dt is not None and dt not in _DTYPES:
+                raise ValueError(f"{name} must be one of {sorted(_DTYPES)} or None, got {dt!r}")
+        self.activation_checkpointing = activation_checkpointing
+        self.param_dtype = param_dtype
+        self.reduce_dtype = reduce_dtype
+        self.reshard_after_forward = reshard_after_forward
+        self.hybrid = hybrid
+        self.wrap_classes = list(wrap_classes or DEFAULT_WRAP_CLASSES)
+        self.shard_report: dict[str, list[str]] = {}
+
+    def setup_environment(self) -> None:
+        from torch.distributed.device_mesh import init_device_mesh
+
+        self._setup_distributed()  # process group, ranks
+        device_type = self.root_device.type
+        if self.hybrid and self.num_nodes > 1:
+            mesh = init_device_mesh(
+                device_type,
+                (self.num_nodes, self.num_processes),
+                mesh_dim_names=("replicate", "shard"),
+            )
+        else:
+            mesh = init_device_mesh(device_type, (self.world_size,), mesh_dim_names=("shard",))
+        self._device_mesh = mesh
+        self.lightning_module._device_mesh = mesh
+
+    @property
+    def distributed_sampler_kwargs(self) -> dict[str, Any]:
+        # every rank sees different data, whatever the mesh shape
+        return {"num_replicas": self.world_size, "rank": self.global_rank}
+
+    def setup(self, trainer: pl.Trainer) -> None:
+        from lightning_fabric.utilities.optimizer import _optimizers_to_device
+        from pytorch_lightning.trainer.states import TrainerFn
+        from torch.distributed.fsdp import MixedPrecisionPolicy
+
+        assert self.model is not None and self.accelerator is not None
+        self.accelerator.setup(trainer)
+        mp = MixedPrecisionPolicy(
+            param_dtype=_DTYPES.get(self.param_dtype or ""),
+            reduce_dtype=_DTYPES.get(self.reduce_dtype or ""),
+        )
+        self.model.to(self.root_device)  # the frozen teacher included: it is not sharded
+        self.shard_report = shard_module(
+            self.model,
+            self.device_mesh,
+            wrap_classes=[_import_class(p) for p in self.wrap_classes],
+            reshard_after_forward=self.reshard_after_forward,
+            mp_policy=mp,
+            activation_checkpointing=self.activation_checkpointing,
+        )
+        log.info("FSDP2 units: %s", self.shard_report)
+        self.model = self.precision_plugin.convert_module(self.model)
+        self.barrier()
+        if trainer.state.fn == TrainerFn.FITTING:
+            self.setup_optimizers(trainer)
+        self.setup_precision_plugin()
+        if trainer.state.fn == TrainerFn.FITTING:
+            _optimizers_to_device(self.optimizers, self.root_device)
+
+
+def build_strategy(name: str = "ddp", **kwargs: Any) -> str | pl.strategies.Strategy:
+    """`"ddp"` → SaltDDPStrategy, `"fsdp"` → SaltFSDPStrategy, `"auto"` → Lightning's choice."""
+    if name == "ddp":
+        return SaltDDPStrategy(**kwargs)
+    if name == "fsdp":
+        return SaltFSDPStrategy(**kwargs)
+    if name == "auto":
+        return "auto"
+    raise ValueError(f"unknown strategy {name!r}; expected 'ddp', 'fsdp' or 'auto'")
+
+
+# --------------------------------------------------------------------------- consolidation
+
+
+def consolidate_checkpoint(sharded_dir: str | Path, out: str | Path) -> Path:
+    """Sharded FSDP checkpoint folder → one Lightning checkpoint file (weights + metadata).
+
+    Loads only the model weights (not the optimizer shards) on one process, without a process
+    group. The result loads like any single-file checkpoint (`salt.encoder_io.load_encoder`,
+    `export_encoder`); it cannot resume training (no optimizer state).
+    """
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    from salt.checkpointing import atomic_torch_save
+
+    sharded_dir, out = Path(sharded_dir), Path(out)
+    meta_file = sharded_dir / "meta.pt"
+    if not meta_file.is_file():
+        raise FileNotFoundError(f"{sharded_dir} is not a sharded checkpoint (no meta.pt)")
+    reader = dcp.FileSystemReader(str(sharded_dir))
+    prefix = "state_dict."
+    weights: dict[str, torch.Tensor] = {}
+    skipped = []
+    for key, md in reader.read_metadata().state_dict_metadata.items():
+        if not key.startswith(prefix):
+            continue  # optimizer shards
+        if not isinstance(md, TensorStorageMetadata):
+            skipped.append(key)
+            continue
+        weights[key[len(prefix) :]] = torch.empty(md.size, dtype=md.properties.dtype)
+    if skipped:
+        raise ValueError(f"non-tensor entries in the model state of {sharded_dir}: {skipped}")
+    if not weights:
+        raise ValueError(f"{sharded_dir} holds no model weights under '{prefix}'")
+    state = {"state_dict": weights}
+    dcp.load(state, storage_reader=reader, no_dist=True)
+    ckpt = torch.load(meta_file, map_location="cpu", weights_only=False)
+    ckpt["state_dict"] = state["state_dict"]
+    atomic_torch_save(ckpt, out)
+    return out
+
+
+def export_sharded_encoder(sharded_dir: str | Path, out: str | Path) -> Path:
+    """Sharded checkpoint folder → consolidated `.ckpt` beside `out` → exported encoder `out`."""
+    from salt.encoder_io import export_encoder
+
+    out = Path(out)
+    full = out.with_name(out.stem + "-consolidated.ckpt")
+    consolidate_checkpoint(sharded_dir, full)
+    export_encoder(full, out)
+    return out

@@ -1,0 +1,261 @@
+"""Exact resume without Slurm: `salt fit --ckpt_path auto` after a crash continues the run.
+
+The full path runs in-process through the real CLI (SaltCLI), real shards, real MLflow (sqlite):
+a 6-step run crashing at step 4 (checkpoint at 3); `--ckpt_path auto` then resumes at step 3 with
+the optimizer state, lr/wd schedule position (compared with the uninterrupted schedule), data-module
+state and MLflow run of the checkpoint, and the data/mask streams continue fresh, not replayed.
+Plus the helpers of salt.resume (newest checkpoint, truncated files, Slurm ids, the signal path).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import signal
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from train_helpers import shards  # noqa: F401
+
+from salt.cli import SaltCLI
+from salt.resume import (
+    SlurmRequeue,
+    checkpoint_step,
+    find_latest_checkpoint,
+    in_slurm_task,
+    list_checkpoints,
+    resolve_ckpt_path,
+    slurm_job_key,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _fake_ckpt(path: Path, step: int) -> Path:
+    torch.save({"global_step": step, "state_dict": {}}, path)
+    return path
+
+
+def test_latest_checkpoint_by_step_skipping_partial_files(tmp_path: Path) -> None:
+    assert find_latest_checkpoint(tmp_path / "missing") is None
+    assert resolve_ckpt_path("auto", tmp_path) is None  # fresh start
+    _fake_ckpt(tmp_path / "step=0000003.ckpt", 3)
+    _fake_ckpt(tmp_path / "step=0000010.ckpt", 10)
+    _fake_ckpt(tmp_path / "last.ckpt", 12)  # no step in the name: read from the contents
+    (tmp_path / ".step=0000020.ckpt.tmp-123").write_bytes(b"partial")  # an atomic save in flight
+    truncated = tmp_path / "step=0000030.ckpt"  # a kill mid-write without the atomic plugin
+    full = (tmp_path / "step=0000010.ckpt").read_bytes()
+    truncated.write_bytes(full[: len(full) // 2])
+    assert not zipfile.is_zipfile(truncated)
+    assert checkpoint_step(tmp_path / "last.ckpt") == 12
+    assert checkpoint_step(tmp_path / "step=0000003.ckpt") == 3
+    assert [p.name for p in list_checkpoints(tmp_path)] == [
+        "last.ckpt",
+        "step=0000003.ckpt",
+        "step=0000010.ckpt",
+    ]
+    assert find_latest_checkpoint(tmp_path) == tmp_path / "last.ckpt"
+    assert resolve_ckpt_path("auto", tmp_path) == str(tmp_path / "last.ckpt")
+    # explicit values pass through untouched
+    assert resolve_ckpt_path("last", tmp_path) == "last"
+    assert resolve_ckpt_path(None, tmp_path) is None
+    # a sharded (FSDP) folder counts once its metadata and DCP index exist
+    sharded = tmp_path / "step=0000040.ckpt"
+    sharded.mkdir()
+    assert find_latest_checkpoint(tmp_path) == tmp_path / "last.ckpt"
+    torch.save({"global_step": 40}, sharded / "meta.pt")
+    (sharded / ".metadata").write_bytes(b"x")
+    assert find_latest_checkpoint(tmp_path) == sharded
+
+
+def test_slurm_ids() -> None:
+    assert slurm_job_key({"SLURM_JOB_ID": "12"}) == "12"
+    env = {"SLURM_JOB_ID": "13", "SLURM_ARRAY_JOB_ID": "10", "SLURM_ARRAY_TASK_ID": "3"}
+    assert slurm_job_key(env) == "10_3"  # stable across requeues of one array task
+    assert slurm_job_key({}) is None
+    assert in_slurm_task({"SLURM_JOB_ID": "1", "SLURM_PROCID": "0"})
+    assert not in_slurm_task({"SLURM_JOB_ID": "1"})  # the batch script itself, not an srun task
+    assert not in_slurm_task({})
+
+
+# --------------------------------------------------------------------------- the signal path
+
+
+class _SendSignal(pl.Callback):
+    def __init__(self, at_step: int) -> None:
+        self.at_step = at_step
+
+    def on_train_batch_start(self, trainer: pl.Trainer, *args: Any) -> None:
+        if trainer.global_step == self.at_step:
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+
+class _Tiny(pl.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(4, 1)
+
+    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        return self.layer(batch).pow(2).mean()
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_signal_checkpoints_at_agreed_step_and_stops(tmp_path: Path, monkeypatch) -> None:
+    """Inside an srun task, SIGUSR1 only flags; the next batch end saves `step=N-requeue.ckpt`
+    and stops training (the scontrol call itself is exercised in tests/test_slurm.py)."""
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    monkeypatch.setenv("SLURM_PROCID", "0")
+    before = signal.getsignal(signal.SIGUSR1)
+    requeue = SlurmRequeue(dirpath=str(tmp_path / "ckpts"), requeue=False)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_steps=20,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[requeue, _SendSignal(at_step=3)],
+    )
+    data = torch.utils.data.DataLoader(torch.randn(64, 4), batch_size=2)
+    trainer.fit(_Tiny(), data)
+    assert trainer.global_step == 4  # the flagged step finished, then the trainer stopped
+    assert requeue.saved_path == tmp_path / "ckpts" / "step=0000004-requeue.ckpt"
+    assert torch.load(requeue.saved_path, weights_only=False)["global_step"] == 4
+    assert signal.getsignal(signal.SIGUSR1) == before  # handler restored on teardown
+
+
+def test_inactive_outside_slurm(monkeypatch) -> None:
+    for var in ("SLURM_JOB_ID", "SLURM_PROCID", "SLURM_STEP_ID"):
+        monkeypatch.delenv(var, raising=False)
+    requeue = SlurmRequeue()
+    requeue.setup(None, None, "fit")  # type: ignore[arg-type]
+    assert not requeue._active
+
+
+# --------------------------------------------------------------------------- full CLI resume
+
+
+class _Record(pl.Callback):
+    """What each step used: step, lr, wd, a digest of the clips, the first mask config."""
+
+    def __init__(self, crash_at: int | None = None) -> None:
+        self.crash_at = crash_at
+        self.rows: list[dict] = []
+        self.at_start: dict = {}
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        opt = trainer.optimizers[0]
+        self.at_start = {
+            "step": trainer.global_step,
+            "optimizer": copy.deepcopy(opt.state_dict()),  # tensors change in place later
+            "data": copy.deepcopy(trainer.datamodule.state_dict()),
+        }
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module, batch: dict, idx: int) -> None:
+        if self.crash_at is not None and trainer.global_step == self.crash_at:
+            raise RuntimeError("simulated preemption")
+        group = trainer.optimizers[0].param_groups[0]
+        ctx, _ = batch["masks"][0]
+        self.rows.append(
+            {
+                "step": trainer.global_step,
+                "lr": group["lr"],
+                "wd": group["weight_decay"],
+                "video": hashlib.sha1(batch["video"].cpu().numpy().tobytes()).hexdigest(),
+                "ctx": ctx.clone(),
+            }
+        )
+
+
+def _fit(root: Path, shards: str, run_name: str, rec: _Record, max_steps: int = 6) -> SaltCLI:  # noqa: F811
+    class CLI(SaltCLI):
+        def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
+            trainer = super().instantiate_trainer(**kwargs)
+            trainer.callbacks.append(rec)
+            return trainer
+
+    args = [
+        "fit", "-c", str(REPO / "configs" / "demo" / "teacher.yaml"),
+        f"--data.train_shards={shards}", "--data.crop_size=32", "--data.frames_per_clip=8",
+        "--data.frame_step=2", "--data.batch_size=4", "--data.num_workers=0",
+        "--data.shuffle_buffer=8", '--model.init_args.encoder_kwargs={"patch_size": 8}',
+        "--model.init_args.warmup_steps=2", f"--trainer.max_steps={max_steps}",
+        "--trainer.log_every_n_steps=1", "--trainer.enable_progress_bar=false",
+        f"--trainer.default_root_dir={root}", f"--run_name={run_name}", "--checkpoint_every=3",
+        "--ckpt_path=auto",
+    ]  # fmt: skip
+    return CLI(args=args)
+
+
+@pytest.mark.slow
+def test_cli_resume_is_exact(tmp_path: Path, shards: str) -> None:  # noqa: F811
+    from salt.schedules import cosine, warmup_cosine
+
+    # the uninterrupted schedule of configs/demo/teacher.yaml with 6 steps and 2 warmup steps
+    ref_lr = [warmup_cosine(s, 6, 2, 2.0e-4, 2.0e-3, 1.0e-5) for s in range(6)]
+    ref_wd = [cosine(s, 6, 0.04, 0.1) for s in range(6)]
+    root = tmp_path / "runs"
+    first = _Record(crash_at=4)
+    with pytest.raises(RuntimeError, match="simulated preemption"):
+        _fit(root, shards, "run", first)
+    assert [r["step"] for r in first.rows] == [0, 1, 2, 3]
+    assert [r["lr"] for r in first.rows] == pytest.approx(ref_lr[:4], rel=1e-12)
+    assert [r["wd"] for r in first.rows] == pytest.approx(ref_wd[:4], rel=1e-12)
+    run_dir = root / "salt-demo" / "run"
+    ckpt_dir = run_dir / "checkpoints"
+    # the periodic save at step 3 (and Lightning's last.ckpt beside it); nothing after the crash
+    assert sorted(p.name for p in ckpt_dir.iterdir()) == ["last.ckpt", "step=0000003.ckpt"]
+    assert torch.load(ckpt_dir / "last.ckpt", weights_only=False)["global_step"] == 3
+    run_id = json.loads((run_dir / "run.json").read_text())["mlflow_run_id"]
+    ckpt = torch.load(ckpt_dir / "step=0000003.ckpt", weights_only=False)
+
+    second = _Record()
+    _fit(root, shards, "run", second)
+
+    # restored: step, optimizer state (moments, step counters, lr/wd in the groups), data state
+    start = second.at_start
+    assert start["step"] == 3
+    want, got = ckpt["optimizer_states"][0], start["optimizer"]
+    assert want["param_groups"] == got["param_groups"]
+    assert want["state"].keys() == got["state"].keys()
+    for k, s in want["state"].items():
+        for name, value in s.items():
+            torch.testing.assert_close(got["state"][k][name], value, rtol=0, atol=0)
+    assert start["data"]["resume_count"] == 1 and start["data"]["batches_seen"] == 3
+    assert start["data"]["seed"] == ckpt["VideoDataModule"]["seed"]
+
+    # the schedule continues exactly where the uninterrupted run was
+    assert [r["step"] for r in second.rows] == [3, 4, 5]
+    assert [r["lr"] for r in second.rows] == pytest.approx(ref_lr[3:], rel=1e-12)
+    assert [r["wd"] for r in second.rows] == pytest.approx(ref_wd[3:], rel=1e-12)
+    last = torch.load(ckpt_dir / "last.ckpt", weights_only=False)
+    assert last["global_step"] == 6
+    assert all(int(s["step"]) == 6 for s in last["optimizer_states"][0]["state"].values())
+
+    # data and masks: a fresh stream after the resume, not a replay of the run's first batches
+    first_videos = {r["video"] for r in first.rows}
+    assert second.rows[0]["video"] not in first_videos
+    assert not torch.equal(second.rows[0]["ctx"], first.rows[0]["ctx"])
+
+    # the same MLflow run before and after, and it holds the steps of both attempts
+    from mlflow.tracking import MlflowClient
+
+    assert json.loads((run_dir / "run.json").read_text())["mlflow_run_id"] == run_id
+    assert last["salt"]["mlflow_run_id"] == run_id == ckpt["salt"]["mlflow_run_id"]
+    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("salt-demo")
+    runs = client.search_runs([exp.experiment_id])
+    assert [r.info.run_id for r in runs] == [run_id]
+    steps = {m.step for m in client.get_metric_history(run_id, "train/loss")}
+    assert min(steps) < 3 <= max(steps)

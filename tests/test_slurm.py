@@ -1,0 +1,226 @@
+"""slurm/train.sbatch on a real Slurm (single node, see .ci/slurm-up): a 2-task CPU DDP job (gloo)
+that finishes, and a job interrupted twice that resumes each time into the same run.
+
+Skipped where `sbatch` is absent; with SALT_REQUIRE_SLURM=1 (CI) a missing Slurm is a failure.
+Each job writes under the test's tmp dir: its Slurm log, the run folder and the MLflow sqlite store.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = REPO / "configs" / "demo" / "teacher.yaml"
+POLL_S = 0.5
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
+
+def _require_slurm() -> None:
+    why = None
+    if shutil.which("sbatch") is None:
+        why = "sbatch not on PATH"
+    elif subprocess.run(["sinfo", "-h"], capture_output=True, timeout=30).returncode != 0:
+        why = "sinfo fails: no reachable slurmctld"
+    if why is None:
+        return
+    if os.environ.get("SALT_REQUIRE_SLURM") == "1":
+        pytest.fail(f"SALT_REQUIRE_SLURM=1 but {why} (run .ci/slurm-up)")
+    pytest.skip(f"no Slurm: {why}")
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory: pytest.TempPathFactory) -> str:
+    _require_slurm()
+    from salt.data.synthetic import write_synthetic_shards
+
+    out = tmp_path_factory.mktemp("slurm_shards")
+    info = write_synthetic_shards(
+        str(out), num_train=32, num_val=4, frames=16, size=64, shard_size=16
+    )
+    return info["train"]
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _submit(tmp: Path, shards: str, max_steps: int, checkpoint_every: int) -> str:
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # our `salt`
+    env["OMP_NUM_THREADS"] = "1"
+    cmd = [
+        "sbatch", "--parsable", f"--chdir={tmp}", f"--output={tmp}/slurm-%j.out",
+        "--job-name=salt-test", "--nodes=1", "--ntasks-per-node=2", "--gpus-per-node=0",
+        "--cpus-per-task=1", "--time=10",
+        str(REPO / "slurm" / "train.sbatch"), str(CONFIG),
+        f"--data.train_shards={shards}", "--data.batch_size=2", "--data.num_workers=1",
+        f"--trainer.max_steps={max_steps}", "--model.init_args.warmup_steps=2",
+        f"--checkpoint_every={checkpoint_every}", f"--trainer.default_root_dir={tmp}/runs",
+        "--run_name=null", "--trainer.enable_progress_bar=false", "--trainer.log_every_n_steps=1",
+    ]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip().split(";")[0]
+
+
+def _job(job: str) -> dict[str, str]:
+    """`scontrol show job` as a dict ({} once Slurm has forgotten the job)."""
+    out = subprocess.run(["scontrol", "-o", "show", "job", job], capture_output=True, text=True)
+    if out.returncode != 0:
+        return {}
+    return dict(kv.split("=", 1) for kv in out.stdout.split() if "=" in kv)
+
+
+def _wait(what: str, cond, job: str, log: Path, timeout: float = 150.0):
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        value = cond()
+        if value:
+            return value
+        state = _job(job).get("JobState")
+        if state in ("FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"):
+            break
+        time.sleep(POLL_S)
+    text = log.read_text() if log.exists() else "(no log)"
+    subprocess.run(["scancel", job])
+    pytest.fail(
+        f"timed out / job ended waiting for {what}: {_job(job)}\n--- log ---\n{text[-6000:]}"
+    )
+
+
+def _release(job: str, log: Path) -> None:
+    """A requeued job waits ~2 minutes (BeginTime); start it now."""
+    _wait("requeued job pending", lambda: _job(job).get("JobState") == "PENDING", job, log)
+    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)
+
+
+def _finished(job: str) -> bool:
+    state = _job(job).get("JobState")
+    return state in (None, "COMPLETED")
+
+
+def _run_dir(tmp: Path, job: str) -> Path:
+    return tmp / "runs" / "salt-demo" / f"teacher-{job}"
+
+
+def _load(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def _mlflow_runs(tmp: Path) -> list:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp / 'runs' / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("salt-demo")
+    return client.search_runs([exp.experiment_id]), client
+
+
+# --------------------------------------------------------------------------- tests
+
+
+def test_two_task_cpu_ddp_job_completes(tmp_path: Path, shards: str) -> None:
+    job = _submit(tmp_path, shards, max_steps=4, checkpoint_every=2)
+    log = tmp_path / f"slurm-{job}.out"
+    _wait("job completion", lambda: log.exists() and "step finished" in log.read_text(), job, log)
+    _wait("job state COMPLETED", lambda: _finished(job), job, log, timeout=30)
+    text = log.read_text()
+
+    # both ranks were Slurm tasks of this job in one 2-process gloo DDP group
+    for rank in (0, 1):
+        line = f"[salt.resume] rank {rank}/2 SLURM_PROCID={rank} job={job} restart=0 env=SLURMEnvironment"
+        assert line in text, text[-4000:]
+    assert "distributed_backend=gloo" in text
+    assert "`Trainer.fit` stopped: `max_steps=4` reached." in text
+    assert "--ckpt_path auto" in text and "none: fresh start" in text
+    last = _load(_run_dir(tmp_path, job) / "checkpoints" / "last.ckpt")
+    assert last["global_step"] == 4
+
+
+def test_requeued_job_resumes_same_step_and_mlflow_run(tmp_path: Path, shards: str) -> None:
+    """Interrupted twice: (1) the Slurm warning signal (what `--signal=SIGUSR1@90` sends before
+    the time limit; here via `scancel --signal`): SlurmRequeue checkpoints and requeues itself;
+    (2) `scontrol requeue` from outside (preemption-like): resume from the last periodic checkpoint.
+    """
+    max_steps = 14
+    job = _submit(tmp_path, shards, max_steps=max_steps, checkpoint_every=3)
+    log = tmp_path / f"slurm-{job}.out"
+    ckpts = _run_dir(tmp_path, job) / "checkpoints"
+    run_json = _run_dir(tmp_path, job) / "run.json"
+
+    # (1) warning signal once the first periodic checkpoint exists
+    _wait("first checkpoint", lambda: (ckpts / "step=0000003.ckpt").exists(), job, log)
+    run_id = json.loads(run_json.read_text())["mlflow_run_id"]
+    assert run_id
+    subprocess.run(["scancel", "--signal=USR1", job], check=True)
+    saved = _wait(
+        "requeue checkpoint",
+        lambda: re.search(r"signal 10: saved (\S+)", log.read_text()),
+        job,
+        log,
+    )
+    signal_ckpt = Path(saved.group(1))
+    signal_step = _load(signal_ckpt)["global_step"]
+    assert f"step={signal_step:07d}-requeue" in signal_ckpt.name
+    _wait("restart count 1", lambda: _job(job).get("Restarts") == "1", job, log)
+    _release(job, log)
+
+    # (2) external requeue once the restarted job wrote a newer periodic checkpoint
+    def newer_periodic() -> Path | None:
+        steps = [
+            int(m.group(1))
+            for p in ckpts.glob("step=*.ckpt")
+            if (m := re.fullmatch(r"step=(\d+)\.ckpt", p.name))
+        ]
+        newer = [s for s in steps if s > signal_step]
+        return ckpts / f"step={max(newer):07d}.ckpt" if newer else None
+
+    periodic = _wait("checkpoint after the first resume", newer_periodic, job, log)
+    time.sleep(0.3)  # let a save that is right behind it land; the resume picks the newest anyway
+    subprocess.run(["scontrol", "requeue", job], check=True)
+    _wait("restart count 2", lambda: _job(job).get("Restarts") == "2", job, log)
+    _release(job, log)
+
+    _wait(
+        "completion",
+        lambda: log.read_text().count("step finished") >= 1 and _finished(job),
+        job,
+        log,
+        200,
+    )
+    text = log.read_text()
+    starts = [m.group(1) for m in re.finditer(r"--ckpt_path auto in \S+: (.*)", text)]
+    assert len(starts) == 3, starts
+    assert starts[0] == "none: fresh start"
+    # restart 1 resumed exactly at the signal checkpoint
+    assert starts[1] == f"{signal_ckpt} (step {signal_step})", starts
+    # restart 2 resumed at the newest checkpoint on disk when it was killed (>= the one we saw)
+    m = re.fullmatch(r"(\S+) \(step (\d+)\)", starts[2])
+    assert m and int(m.group(2)) >= _load(periodic)["global_step"], starts
+    for restart in (1, 2):
+        assert f"SLURM_PROCID=0 job={job} restart={restart} env=SLURMEnvironment" in text
+    assert f"`Trainer.fit` stopped: `max_steps={max_steps}` reached." in text
+
+    # same run folder, same MLflow run across all three attempts
+    assert json.loads(run_json.read_text())["mlflow_run_id"] == run_id
+    runs, client = _mlflow_runs(tmp_path)
+    assert [r.info.run_id for r in runs] == [run_id]
+    assert runs[0].info.status == "FINISHED"
+    logged = sorted({m.step for m in client.get_metric_history(run_id, "train/loss")})
+    assert logged[-1] >= max_steps - 1 and logged[0] <= 1  # before and after both restarts
+    last = _load(ckpts / "last.ckpt")
+    assert last["global_step"] == max_steps
+    assert last["salt"]["mlflow_run_id"] == run_id
+    assert _load(signal_ckpt)["salt"]["mlflow_run_id"] == run_id
+    # the data stream was resumed twice (re-seeded per resume; see slurm/README.md)
+    dm_state = next(v for k, v in last.items() if isinstance(v, dict) and "resume_count" in v)
+    assert dm_state["resume_count"] == 2

@@ -170,9 +170,10 @@ class SaltCLI(LightningCLI):
         )
 
     def build_loggers(
-        self, run_dir: Path, checkpoint_dir: Path
+        self, run_dir: Path, checkpoint_dir: Path, resuming: bool
     ) -> tuple[list[Logger], list[pl.Callback]]:
-        """The MLflow logger (unless ``--tracking false``) and the callback that tags the run."""
+        """The MLflow logger (unless ``--tracking false``) and the callback that tags the run. A
+        resumed run continues the MLflow run recorded in ``run.json``."""
         from salt.tracking import (
             SaltMLflowLogger,
             TrackingCallback,
@@ -182,14 +183,10 @@ class SaltCLI(LightningCLI):
 
         opts = self.run_options()
         root = Path(self._get(self.config_init, "trainer")["default_root_dir"] or "runs")
-        # Only global rank 0 opens the store (rank from SLURM_PROCID/RANK/LOCAL_RANK at this point):
-        # every rank opening a fresh sqlite store at once races in MLflow's schema migration.
-        from pytorch_lightning.utilities.rank_zero import rank_zero_only
-
-        if not opts["tracking"] or rank_zero_only.rank != 0:
+        if not opts["tracking"]:
             return [], [TrackingCallback(run_dir, checkpoint_dir, opts["experiment"], None)]
         uri = resolve_tracking_uri(opts["tracking_uri"], root)
-        previous = read_run_file(run_dir)
+        previous = read_run_file(run_dir) if resuming else {}
         run_id = previous.get("mlflow_run_id") if previous.get("tracking_uri") == uri else None
         logger = SaltMLflowLogger(
             experiment_name=opts["experiment"],
@@ -204,8 +201,14 @@ class SaltCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
         run_dir = self.run_dir()
         checkpoint_dir = run_dir / "checkpoints"
+        resuming = bool(self.config[self.subcommand].get("ckpt_path")) if self.subcommand else False
+        if not resuming and any(checkpoint_dir.glob("*.ckpt")):
+            raise FileExistsError(
+                f"run folder {run_dir} already holds checkpoints of another run; resume it with "
+                "--ckpt_path, or pick a new --run_name / --trainer.default_root_dir"
+            )
         self.save_config_kwargs["run_dir"] = str(run_dir)
-        loggers, callbacks = self.build_loggers(run_dir, checkpoint_dir)
+        loggers, callbacks = self.build_loggers(run_dir, checkpoint_dir, resuming)
         trainer_cfg = self._get(self.config_init, "trainer")
         configured = trainer_cfg.get("logger")
         if isinstance(configured, Logger):

@@ -23,7 +23,9 @@ def cosine(step: int, total_steps: int, start: float, final: float) -> float:
     """Half-cosine from ``start`` (step 0) to ``final`` (step ``total_steps`` and after)."""
     if total_steps <= 0 or step >= total_steps:
         return final
-    progress = max(step, 0) / total_steps
+    if step <= 0:
+        return start
+    progress = step / total_steps
     return final + (start - final) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 

@@ -1,0 +1,139 @@
+"""``load_encoder`` / ``export_encoder`` / ``salt export`` on a real stage-1 checkpoint: the round
+trip gives identical features, and every malformed input is an error that names the problem."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from train_helpers import module_kwargs, one_thread, shards, train_teacher_checkpoint  # noqa: F401
+
+from salt.cli import main
+from salt.encoder_io import export_encoder, file_sha256, load_encoder, read_encoder_state
+from salt.models import ROPE_CONVENTION
+from salt.student import StudentModule
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def ckpt(shards: str, tmp_path_factory: pytest.TempPathFactory) -> Path:  # noqa: F811
+    return train_teacher_checkpoint(tmp_path_factory.mktemp("io"), shards, steps=2)
+
+
+def test_export_load_round_trip(ckpt: Path, tmp_path: Path, capsys) -> None:
+    enc_ckpt, meta_ckpt = load_encoder(ckpt)
+    out = tmp_path / "teacher.safetensors"
+    main(["export", str(ckpt), str(out)])
+    assert f"wrote {out}" in capsys.readouterr().out
+    enc_st, meta_st = load_encoder(out)
+    assert not enc_st.training and not enc_ckpt.training
+
+    raw = torch.load(ckpt, map_location="cpu", weights_only=True)
+    trained = {
+        k[len("encoder.") :]: v for k, v in raw["state_dict"].items() if k.startswith("encoder.")
+    }
+    assert trained.keys() == enc_st.state_dict().keys()
+    assert all(torch.equal(trained[k], v) for k, v in enc_st.state_dict().items())
+    video = torch.randn(2, 3, 8, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(enc_ckpt(video), enc_st(video))
+        idx = torch.tensor([[0, 5, 63], [1, 2, 3]])
+        assert torch.equal(enc_ckpt(video, idx), enc_st(video, idx))
+
+    assert meta_st.pop("source_checkpoint") == str(ckpt.resolve())
+    assert meta_st == meta_ckpt
+    assert meta_st["stage"] == "teacher" and meta_st["step"] == 2
+    assert (
+        meta_st["rope_convention"] == ROPE_CONVENTION
+        and meta_st["encoder_config"]["pos_embed"] == "rope"
+    )
+    assert (
+        meta_st["encoder_config"]["patch_size"] == 8
+        and meta_st["encoder_config"]["tubelet_size"] == 2
+    )
+    assert len(meta_st["mean"]) == len(meta_st["std"]) == 3 and isinstance(
+        meta_st["train_loss"], float
+    )
+
+
+def test_student_accepts_exported_teacher(ckpt: Path, tmp_path: Path) -> None:
+    out = export_encoder(ckpt, tmp_path / "t.safetensors")
+    from_ckpt = StudentModule(teacher=str(ckpt), **module_kwargs("student"))
+    from_file = StudentModule(teacher=str(out), **module_kwargs("student"))
+    assert from_file.teacher_info["sha256"] == file_sha256(out)
+    video = torch.randn(1, 3, 8, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(from_ckpt.teacher.encoder(video), from_file.teacher.encoder(video))
+
+
+def _rewrite(ckpt: Path, out: Path, edit) -> Path:
+    raw = torch.load(ckpt, map_location="cpu", weights_only=True)
+    edit(raw)
+    torch.save(raw, out)
+    return out
+
+
+def test_strict_errors(ckpt: Path, tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="encoder file not found"):
+        load_encoder(tmp_path / "missing.ckpt")
+
+    def drop_key(raw):
+        del raw["state_dict"]["encoder.norm.weight"]
+        raw["state_dict"]["encoder.extra.weight"] = torch.zeros(1)
+
+    with pytest.raises(
+        ValueError, match=r"missing \['norm.weight'\], unexpected \['extra.weight'\]"
+    ):
+        load_encoder(_rewrite(ckpt, tmp_path / "keys.ckpt", drop_key))
+
+    def reshape(raw):
+        raw["state_dict"]["encoder.norm.weight"] = torch.zeros(3)
+
+    with pytest.raises(ValueError, match=r"norm.weight: file \(3,\) vs model \(64,\)"):
+        load_encoder(_rewrite(ckpt, tmp_path / "shape.ckpt", reshape))
+
+    def unknown_arch(raw):
+        raw["salt"]["encoder_config"]["num_registers"] = 4
+
+    with pytest.raises(ValueError, match=r"unknown encoder architecture.*\['num_registers'\]"):
+        load_encoder(_rewrite(ckpt, tmp_path / "arch.ckpt", unknown_arch))
+
+    def old_rope(raw):
+        raw["salt"]["rope_convention"] = "tiled-vjepa2"
+
+    with pytest.raises(ValueError, match="RoPE convention mismatch: file says 'tiled-vjepa2'"):
+        load_encoder(_rewrite(ckpt, tmp_path / "rope.ckpt", old_rope))
+
+    def no_meta(raw):
+        del raw["salt"]
+
+    with pytest.raises(ValueError, match="not a salt checkpoint"):
+        load_encoder(_rewrite(ckpt, tmp_path / "plain.ckpt", no_meta))
+    (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="cannot read as a Lightning checkpoint"):
+        load_encoder(tmp_path / "junk.ckpt")
+
+    state, meta = read_encoder_state(ckpt)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "bare.safetensors"))
+    with pytest.raises(ValueError, match="has no 'salt' metadata"):
+        load_encoder(tmp_path / "bare.safetensors")
+    partial = {k: meta[k] for k in ("stage", "encoder_config")}
+    save_file(
+        {k: v.contiguous() for k, v in state.items()},
+        str(tmp_path / "p.safetensors"),
+        metadata={"salt": json.dumps(partial)},
+    )
+    with pytest.raises(
+        ValueError, match=r"salt metadata lacks \['rope_convention', 'mean', 'std'\]"
+    ):
+        load_encoder(tmp_path / "p.safetensors")
+
+    with pytest.raises(ValueError, match="must end in .safetensors"):
+        export_encoder(ckpt, tmp_path / "x.pt")
+    assert not (tmp_path / "x.pt").exists()
+    with pytest.raises(ValueError, match="only .* may be overridden"):
+        load_encoder(ckpt, depth=3)

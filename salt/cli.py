@@ -183,7 +183,12 @@ class SaltCLI(LightningCLI):
 
         opts = self.run_options()
         root = Path(self._get(self.config_init, "trainer")["default_root_dir"] or "runs")
-        if not opts["tracking"]:
+        # Only global rank 0 opens the store (rank from SLURM_PROCID/RANK/LOCAL_RANK at this point):
+        # every rank opening a fresh sqlite store at once races in MLflow's schema migration
+        # (cluster room; tests/test_slurm.py hits it).
+        from pytorch_lightning.utilities.rank_zero import rank_zero_only
+
+        if not opts["tracking"] or rank_zero_only.rank != 0:
             return [], [TrackingCallback(run_dir, checkpoint_dir, opts["experiment"], None)]
         uri = resolve_tracking_uri(opts["tracking_uri"], root)
         previous = read_run_file(run_dir) if resuming else {}

@@ -51,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-mlflow", action="store_true", help="do not log an MLflow run")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     g = p.add_argument_group("protocol overrides (default: the config file's values)")
     for f in ProbeConfig.__dataclass_fields__.values():
         flag = "--" + f.name.replace("_", "-")
@@ -78,7 +79,8 @@ def protocol_tag(
     cfg: ProbeConfig, config_path: str | None, num_classes: int, train: str, val: str
 ) -> str:
     """`<config stem>-<hash>`: equal only for runs with the same protocol, classes and data."""
-    settings = {k: v for k, v in cfg.to_dict().items() if k not in ("feature_cache", "num_workers")}
+    skip = ("feature_cache", "num_workers", "max_feature_gb", "extract_batch_size")
+    settings = {k: v for k, v in cfg.to_dict().items() if k not in skip}
     blob = json.dumps(
         {"cfg": settings, "classes": num_classes, "train": train, "val": val}, sort_keys=True
     )
@@ -158,6 +160,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     overrides = {k: getattr(args, k) for k in ProbeConfig.__dataclass_fields__}
     cfg = load_config(args.config, overrides)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = _device(args.device)
     encoder, meta = load_encoder(args.ckpt)
     mean, std = meta.get("mean"), meta.get("std")
@@ -218,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         run(args)
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError, MemoryError) as e:
         print(f"salt-probe: error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -29,6 +29,7 @@ class ProbeConfig:
     extract_batch_size: int = 8  # videos per encoder batch (each brings S·V clips)
     num_workers: int = 4
     feature_cache: str | None = None  # directory; None = no on-disk cache
+    max_feature_gb: float = 64.0  # features are kept in host memory: stop clearly beyond this
     # heads
     head_kinds: list[str] = field(default_factory=lambda: ["attentive", "linear"])
     probe_depth: int = 4  # 4 = V-JEPA 2 (3 self-attn + 1 cross-attn), 1 = V-JEPA 1

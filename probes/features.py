@@ -105,10 +105,15 @@ def extract_features(
     std: Sequence[float] = IMAGENET_STD,
     device: torch.device | str = "cpu",
     desc: str = "features",
+    max_bytes: float | None = None,
 ) -> FeatureSet:
     """Run the frozen encoder over a loader of `{"video": uint8 [B,S,V,C,T,H,W], "label", "key"}`.
 
     The encoder is put in eval mode and its parameters are left untouched (no grad).
+
+    Args:
+        max_bytes: stop with a clear error once the kept features exceed this size (all features
+            are held in host memory; a ViT-L SSv2 protocol needs ≈19 MB per video).
 
     Returns:
         a `FeatureSet` with fp16 CPU features [M, V, S·N, D], in loader order.
@@ -118,9 +123,19 @@ def extract_features(
     encoder.to(device).eval()
     feats, labels, keys = [], [], []
     counts: Counter = Counter()  # the pipeline's per-batch counters (skipped, padded, ...)
+    total = 0
     for batch in tqdm(loader, desc=desc, disable=None, leave=False):
         video = batch["video"].to(device, non_blocking=True)
         feats.append(encode_clips(encoder, video, mean=mean, std=std).to("cpu", torch.float16))
+        total += feats[-1].numel() * feats[-1].element_size()
+        if max_bytes is not None and total > max_bytes:
+            per = feats[-1][0].numel() * feats[-1].element_size()
+            raise MemoryError(
+                f"{desc}: frozen features passed {max_bytes / 2**30:.1f} GiB after "
+                f"{sum(len(f) for f in feats)} videos ({per / 2**20:.1f} MiB each, "
+                f"[V, S·N, D] = {list(feats[-1].shape[1:])}); every feature is kept in memory, so "
+                "use fewer segments/views/videos or raise max_feature_gb"
+            )
         labels.append(torch.as_tensor(batch["label"], dtype=torch.int64))
         keys += list(batch.get("key", [""] * len(video)))
         counts.update(batch.get("data_counts", {}))
@@ -130,15 +145,6 @@ def extract_features(
     return FeatureSet(
         torch.cat(feats), torch.cat(labels), keys, {k: int(v) for k, v in counts.items()}
     )
-
-
-def _expand(shards: str | Sequence[str]) -> list[str]:
-    specs = [shards] if isinstance(shards, str) else list(shards)
-    try:
-        from braceexpand import braceexpand
-    except ImportError:  # webdataset depends on it; without it the spec itself is the key
-        return specs
-    return [p for s in specs for p in braceexpand(s)]
 
 
 def feature_cache_key(
@@ -151,8 +157,10 @@ def feature_cache_key(
         shards: the shard spec(s) given to the loader.
         protocol: the clip settings that shape the features (`ProbeConfig.protocol`).
     """
+    from salt.data import expand_shards
+
     files = []
-    for p in _expand(shards):
+    for p in expand_shards(shards):
         st = os.stat(p) if os.path.exists(p) else None
         files.append(
             [os.path.abspath(p), st.st_size if st else None, st.st_mtime_ns if st else None]

@@ -99,8 +99,9 @@ def split_features(
 
     def extract() -> FeatureSet:
         return extract_features(
-            encoder, make_loader(shards, cfg), mean=mean, std=std, device=device, desc=desc
-        )
+            encoder, make_loader(shards, cfg), mean=mean, std=std, device=device, desc=desc,
+            max_bytes=cfg.max_feature_gb * 2**30,
+        )  # fmt: skip
 
     if cfg.feature_cache is None or encoder_id is None:
         return extract()

@@ -93,3 +93,11 @@ def test_feature_cache_extracts_once_per_key(shards, tmp_path):
     assert feature_cache_key("ckpt-sha", shards["val"], {**proto, "num_segments": 2}) != key
     assert feature_cache_key("other", shards["val"], proto) != key
     assert feature_cache_key("ckpt-sha", shards["train"], proto) != key
+
+
+def test_feature_memory_guard_stops_clearly(shards, encoder):
+    loader = eval_loader(
+        shards["val"], frames_per_clip=8, frame_step=2, crop_size=32, batch_size=2, num_workers=0
+    )
+    with pytest.raises(MemoryError, match=r"MiB each.*max_feature_gb"):
+        extract_features(encoder, loader, max_bytes=10_000)

@@ -191,3 +191,24 @@ def test_shard_specs_expand_and_typos_fail(shards, tmp_path) -> None:
         VideoDataModule(str(tmp_path / "missing-{000..002}.tar"), **SMALL).train_dataloader()
     with pytest.raises(ValueError, match="train_weights"):
         VideoDataModule([shards["zeros"], shards["ones"]], train_weights=[1.0], **SMALL)
+
+
+def test_ranks_get_different_streams_and_ddp_env_does_not_raise(shards, monkeypatch) -> None:
+    # webdataset's default node splitter raises when RANK/WORLD_SIZE say "distributed"; ours has none
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    masks = pytest.importorskip("salt.masks")
+
+    def run(rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+        dm = VideoDataModule(shards["good"], batch_size=2, epoch_length=2, **SMALL)
+        dm.set_mask_fn(masks.MultiMaskCollator((4, 8, 8), seed=0))
+        loader = dm.train_dataloader()
+        loader.dataset.rank = rank  # what train_dataloader() takes from the trainer under DDP
+        out = list(loader)
+        return torch.cat([b["video"] for b in out]), torch.cat(
+            [b["masks"][0][1].flatten() for b in out]
+        )
+
+    (v0, m0), (v1, m1) = run(0), run(1)
+    assert not torch.equal(v0, v1) and not torch.equal(m0, m1)
+    assert torch.equal(run(1)[0], v1)  # and each rank's stream is reproducible

@@ -114,16 +114,17 @@ def list_checkpoints(dirpath: str | Path) -> list[Path]:
 
 
 def find_latest_checkpoint(dirpath: str | Path) -> Path | None:
-    """The checkpoint with the highest global step in `dirpath` (ties: newest mtime), or None."""
-    best: tuple[int, float, Path] | None = None
+    """The checkpoint with the highest global step in `dirpath`, or None. Ties prefer a
+    `step=N` name over `last*` (written once, never overwritten in place), then the newest."""
+    best: tuple[int, bool, float, Path] | None = None
     for p in list_checkpoints(dirpath):
         step = checkpoint_step(p)
         if step is None:
             continue
-        key = (step, p.stat().st_mtime, p)
-        if best is None or key[:2] > best[:2]:
+        key = (step, not p.name.startswith("last"), p.stat().st_mtime, p)
+        if best is None or key[:3] > best[:3]:
             best = key
-    return None if best is None else best[2]
+    return None if best is None else best[3]
 
 
 def resolve_ckpt_path(ckpt_path: str | None, dirpath: str | Path | None) -> str | None:

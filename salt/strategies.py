@@ -22,6 +22,7 @@ the method code is the same on one CPU and on 64 GPUs; this file decides how it 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterable
 from datetime import timedelta
 from pathlib import Path
@@ -258,6 +259,34 @@ class SaltFSDPStrategy(ModelParallelStrategy):
         self._device_mesh = mesh
         self.lightning_module._device_mesh = mesh
 
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any | None = None
+    ) -> None:
+        """Sharded saves go to a hidden temp folder that rank 0 renames into place once every
+        rank has written: a kill mid-save (or mid-overwrite of `last.ckpt`) never leaves a
+        folder that looks complete but mixes two steps. Full-file saves are left to the
+        CheckpointIO plugin (`salt.checkpointing.AtomicCheckpointIO`)."""
+        if not self._save_distributed_checkpoint:
+            return super().save_checkpoint(checkpoint, filepath, storage_options)
+        import shutil
+
+        path = Path(self.broadcast(str(filepath)))
+        tmp = path.with_name(f".{path.name}.tmp")
+        old = path.with_name(f".{path.name}.old")
+        if self.global_rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+        self.barrier("salt.fsdp.save.start")
+        super().save_checkpoint(checkpoint, tmp, storage_options)
+        self.barrier("salt.fsdp.save.written")
+        if self.global_rank == 0:
+            shutil.rmtree(old, ignore_errors=True)
+            if path.exists():
+                os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        self.barrier("salt.fsdp.save.done")
+        return None
+
     @property
     def distributed_sampler_kwargs(self) -> dict[str, Any]:
         # every rank sees different data, whatever the mesh shape
@@ -283,7 +312,13 @@ class SaltFSDPStrategy(ModelParallelStrategy):
             mp_policy=mp,
             activation_checkpointing=self.activation_checkpointing,
         )
-        log.info("FSDP2 units: %s", self.shard_report)
+        if self.global_rank == 0:
+            r = self.shard_report
+            print(
+                f"[salt.strategies] FSDP2: {len(r['blocks'])} block units, roots {r['roots']}, "
+                f"frozen (replicated) {r['frozen']}",
+                flush=True,
+            )
         self.model = self.precision_plugin.convert_module(self.model)
         self.barrier()
         if trainer.state.fn == TrainerFn.FITTING:
@@ -355,3 +390,20 @@ def export_sharded_encoder(sharded_dir: str | Path, out: str | Path) -> Path:
     consolidate_checkpoint(sharded_dir, full)
     export_encoder(full, out)
     return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m salt.strategies export SHARDED_DIR OUT.safetensors` (or `consolidate DIR OUT.ckpt`)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m salt.strategies")
+    parser.add_argument("command", choices=["export", "consolidate"])
+    parser.add_argument("sharded_dir", help="a sharded FSDP checkpoint folder (step=N.ckpt/)")
+    parser.add_argument("out", help="OUT.safetensors (export) or OUT.ckpt (consolidate)")
+    args = parser.parse_args(argv)
+    fn = export_sharded_encoder if args.command == "export" else consolidate_checkpoint
+    print(f"wrote {fn(args.sharded_dir, args.out)}")
+
+
+if __name__ == "__main__":
+    main()

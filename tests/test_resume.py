@@ -58,20 +58,19 @@ def test_latest_checkpoint_by_step_skipping_partial_files(tmp_path: Path) -> Non
     assert not zipfile.is_zipfile(truncated)
     assert checkpoint_step(tmp_path / "last.ckpt") == 12
     assert checkpoint_step(tmp_path / "step=0000003.ckpt") == 3
-    assert [p.name for p in list_checkpoints(tmp_path)] == [
-        "last.ckpt",
-        "step=0000003.ckpt",
-        "step=0000010.ckpt",
-    ]
+    names = ["last.ckpt", "step=0000003.ckpt", "step=0000010.ckpt"]
+    assert [p.name for p in list_checkpoints(tmp_path)] == names
     assert find_latest_checkpoint(tmp_path) == tmp_path / "last.ckpt"
     assert resolve_ckpt_path("auto", tmp_path) == str(tmp_path / "last.ckpt")
+    _fake_ckpt(tmp_path / "step=0000012.ckpt", 12)  # same step: the step= name wins over last
+    assert find_latest_checkpoint(tmp_path) == tmp_path / "step=0000012.ckpt"
     # explicit values pass through untouched
     assert resolve_ckpt_path("last", tmp_path) == "last"
     assert resolve_ckpt_path(None, tmp_path) is None
     # a sharded (FSDP) folder counts once its metadata and DCP index exist
     sharded = tmp_path / "step=0000040.ckpt"
     sharded.mkdir()
-    assert find_latest_checkpoint(tmp_path) == tmp_path / "last.ckpt"
+    assert find_latest_checkpoint(tmp_path) == tmp_path / "step=0000012.ckpt"
     torch.save({"global_step": 40}, sharded / "meta.pt")
     (sharded / ".metadata").write_bytes(b"x")
     assert find_latest_checkpoint(tmp_path) == sharded

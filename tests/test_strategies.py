@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
+from train_helpers import shards, train_teacher_checkpoint  # noqa: F401
 
 from salt.models import create_encoder
 from salt.models.block import Block
@@ -225,6 +227,45 @@ def test_ddp_and_fsdp_two_process_gloo(tmp_path: Path) -> None:
     # the consolidated file rebuilds a plain module strictly
     fresh = TinyStudent()
     fresh.load_state_dict(ckpt["state_dict"], strict=True)
+
+
+@pytest.mark.slow
+def test_fsdp_salt_fit_student_sharded_checkpoint_exports(tmp_path: Path, shards: str) -> None:  # noqa: F811
+    """The real stage-2 module under `salt fit -c configs/strategy/fsdp.yaml` on 2 gloo ranks:
+    encoder and predictor sharded, the frozen teacher replicated, sharded checkpoint folders
+    written atomically, and the exported encoder loads strictly."""
+    from salt.encoder_io import load_encoder
+    from salt.strategies import export_sharded_encoder
+
+    teacher = train_teacher_checkpoint(tmp_path / "teacher", shards, steps=2)
+    repo = Path(__file__).resolve().parents[1]
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--master-port=29533",
+        shutil.which("salt") or str(Path(sys.executable).parent / "salt"), "fit",
+        "-c", str(repo / "configs/demo/student.yaml"), "-c", str(repo / "configs/strategy/fsdp.yaml"),
+        "--trainer.strategy.init_args.param_dtype=null", "--trainer.devices=2",
+        f"--model.init_args.teacher={teacher}", '--model.init_args.encoder_kwargs={"patch_size": 8}',
+        "--model.init_args.warmup_steps=1", f"--data.train_shards={shards}", "--data.crop_size=32",
+        "--data.frames_per_clip=8", "--data.batch_size=2", "--data.num_workers=0",
+        "--trainer.max_steps=3", "--checkpoint_every=2", f"--trainer.default_root_dir={tmp_path}",
+        "--run_name=fsdp", "--trainer.enable_progress_bar=false", "--tracking=false",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=400, env=env)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-6000:]
+    assert "FSDP2: 4 block units, roots ['encoder', 'predictor'], frozen (replicated) []" in out
+    ckpts = tmp_path / "salt-demo" / "fsdp" / "checkpoints"
+    names = sorted(p.name for p in ckpts.iterdir())
+    assert names == ["last.ckpt", "step=0000002.ckpt"], names  # no temp folders left behind
+    assert (ckpts / "last.ckpt").is_dir() and (ckpts / "last.ckpt" / "meta.pt").is_file()
+
+    enc_file = export_sharded_encoder(ckpts / "last.ckpt", tmp_path / "student.safetensors")
+    encoder, meta = load_encoder(enc_file)  # strict: every key present, none extra
+    assert meta["stage"] == "student" and meta["step"] == 3
+    full = torch.load(tmp_path / "student-consolidated.ckpt", weights_only=False)
+    assert not any("teacher" in k for k in full["state_dict"])  # the teacher is not trained state
+    assert any(k.startswith("predictor.") for k in full["state_dict"])
 
 
 def test_consolidate_rejects_non_sharded(tmp_path: Path) -> None:

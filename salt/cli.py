@@ -228,6 +228,9 @@ class SaltCLI(LightningCLI):
                 save_top_k=-1,
                 save_last=True,
                 save_on_train_epoch_end=False,
+                # A resumed run re-creating step N replaces the abandoned attempt's step N (and
+                # last.ckpt stays last.ckpt) instead of writing "-v1" copies.
+                enable_version_counter=False,
             )
         )
         # salt.resume (cluster room): `--ckpt_path auto` = newest checkpoint of this run folder

@@ -112,20 +112,23 @@ class SaltMLflowLogger(MLFlowLogger):
             )
         self.disabled = True
 
-    @rank_zero_only
-    def connect(self) -> str | None:
-        """Create or reopen the run now; returns its id, or None (tracking turned off)."""
+    @property
+    def experiment(self) -> Any:
+        """The MLflow client with the run opened; None once tracking is off. Lightning touches
+        this during setup, so the first unreachable-store error surfaces (and is caught) here."""
         if self.disabled:
             return None
         try:
-            return super().run_id
+            return super().experiment
         except Exception as e:
             self._fail("opening the run", e)
             return None
 
     @property
     def run_id(self) -> str | None:
-        return None if self.disabled else self.connect()
+        if self.disabled or self.experiment is None:
+            return None
+        return self._run_id
 
     @property
     def version(self) -> str | None:
@@ -147,7 +150,7 @@ class SaltMLflowLogger(MLFlowLogger):
         from mlflow.entities import Param
 
         try:
-            run_id = self.connect()
+            run_id = self.run_id
             if run_id is None:
                 return
             params = flatten(params if isinstance(params, Mapping) else vars(params))
@@ -180,7 +183,7 @@ class SaltMLflowLogger(MLFlowLogger):
         if self.disabled:
             return
         try:
-            run_id = self.connect()
+            run_id = self.run_id
             if run_id is not None:
                 for key, value in tags.items():
                     self.experiment.set_tag(run_id, key, str(value))

@@ -152,6 +152,10 @@ def shard_module(
         register_fsdp_forward_method,
     )
 
+    if getattr(module, "teacher_mode", None) == "ema":
+        # the EMA update lerps a full teacher toward the student: with sharded (DTensor) student
+        # weights that needs an all-gather per step; not supported, use DDP for the baseline
+        raise ValueError("FSDP does not support teacher_mode='ema' (V-JEPA baseline): use DDP")
     if wrap_classes is None:
         wrap_classes = tuple(_import_class(p) for p in DEFAULT_WRAP_CLASSES)
     wrap_classes = tuple(wrap_classes)

@@ -23,8 +23,6 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "demo" / "teacher.yaml"
 POLL_S = 0.5
 
-pytestmark = [pytest.mark.slurm, pytest.mark.slow]
-
 
 def _require_slurm() -> None:
     why = None
@@ -128,6 +126,25 @@ def _mlflow_runs(tmp: Path) -> list:
 # --------------------------------------------------------------------------- tests
 
 
+@pytest.mark.parametrize("script", ["train.sbatch", "probe.sbatch"])
+def test_sbatch_scripts_usage_errors(script: str, tmp_path: Path) -> None:
+    """Without Slurm: the templates are valid bash and refuse bad arguments with a usage line."""
+    path = REPO / "slurm" / script
+    assert subprocess.run(["bash", "-n", str(path)]).returncode == 0
+    out = subprocess.run(["bash", str(path)], capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 2 and "usage: sbatch" in out.stderr
+    if script == "train.sbatch":
+        out = subprocess.run(
+            ["bash", str(path), "missing.yaml"], capture_output=True, text=True, cwd=tmp_path
+        )
+        assert out.returncode == 2 and "config not found: missing.yaml" in out.stderr
+    header = path.read_text()
+    if script == "train.sbatch":  # the warning goes to the tasks (no B:), and the job requeues
+        assert "#SBATCH --signal=SIGUSR1@90\n" in header and "#SBATCH --requeue\n" in header
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
 def test_two_task_cpu_ddp_job_completes(tmp_path: Path, shards: str) -> None:
     job = _submit(tmp_path, shards, max_steps=4, checkpoint_every=2)
     log = tmp_path / f"slurm-{job}.out"
@@ -146,6 +163,8 @@ def test_two_task_cpu_ddp_job_completes(tmp_path: Path, shards: str) -> None:
     assert last["global_step"] == 4
 
 
+@pytest.mark.slurm
+@pytest.mark.slow
 def test_requeued_job_resumes_same_step_and_mlflow_run(tmp_path: Path, shards: str) -> None:
     """Interrupted twice: (1) the Slurm warning signal (what `--signal=SIGUSR1@90` sends before
     the time limit; here via `scancel --signal`): SlurmRequeue checkpoints and requeues itself;

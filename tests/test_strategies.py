@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from train_helpers import shards, train_teacher_checkpoint  # noqa: F401
+from train_helpers import module_kwargs, shards, train_teacher_checkpoint  # noqa: F401
 
 from salt.models import create_encoder
 from salt.models.block import Block
@@ -273,13 +273,17 @@ def test_consolidate_rejects_non_sharded(tmp_path: Path) -> None:
         consolidate_checkpoint(tmp_path, tmp_path / "x.ckpt")
 
 
-def test_fsdp_rejects_direct_trainable_params() -> None:
+def test_fsdp_rejects_direct_trainable_params_and_ema_teacher() -> None:
     from salt.strategies import shard_module
+    from salt.student import StudentModule
 
     m = TinyStudent()
     m.mask_token = nn.Parameter(torch.zeros(4))
     with pytest.raises(ValueError, match="mask_token"):
         shard_module(m, mesh=None)
+    ema = StudentModule(**module_kwargs("student", teacher="ema"))
+    with pytest.raises(ValueError, match="teacher_mode='ema'"):
+        shard_module(ema, mesh=None)
 
 
 if __name__ == "__main__":

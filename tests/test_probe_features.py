@@ -6,6 +6,7 @@ Uses the registered `vit_test` encoder and real H.264 synthetic shards read by t
 
 import pytest
 import torch
+from gpu import requires_cuda
 
 from salt.data import eval_loader
 from salt.data.synthetic import write_synthetic_shards
@@ -101,3 +102,19 @@ def test_feature_memory_guard_stops_clearly(shards, encoder):
     )
     with pytest.raises(MemoryError, match=r"MiB each.*max_feature_gb"):
         extract_features(encoder, loader, max_bytes=10_000)
+
+
+@requires_cuda
+def test_cuda_features_are_bf16_and_heads_train_under_autocast():
+    from salt.probes.sweep import make_grid, run_sweep
+
+    enc = create_encoder("vit_test").cuda().eval()
+    video = torch.randint(0, 256, (4, 2, 1, 3, 4, 32, 32), dtype=torch.uint8, device="cuda")
+    out = encode_clips(enc, video)
+    assert out.dtype == torch.bfloat16 and out.shape == (4, 1, 2 * 8, 64)
+    feats, labels = torch.randn(24, 1, 16, 64).half(), torch.arange(24) % 3
+    res = run_sweep(
+        feats, labels, feats[:6], specs=make_grid(["attentive", "linear"], [1e-3], [0.01]),
+        num_classes=3, depth=2, num_heads=4, epochs=2, batch_size=8, device="cuda",
+    )  # fmt: skip
+    assert res.val_probs.shape == (6, 3) and torch.isfinite(res.val_probs).all()

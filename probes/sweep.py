@@ -193,9 +193,9 @@ def train_grid(
             opt.step()
             step += 1
             for n, loss in losses.items():
-                sums[n] += loss.item() * len(idx)
+                sums[n] += loss.detach() * len(idx)  # stays on device: no sync per head and step
         if epoch == epochs - 1:
-            last = {n: s / len(indices) for n, s in sums.items()}
+            last = {n: float(s) / len(indices) for n, s in sums.items()}
     return last
 
 

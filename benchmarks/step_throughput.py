@@ -1,0 +1,169 @@
+"""Time the real SALT training step on synthetic clips: clips/s, TFLOP/step, MFU, peak memory.
+
+Issue 7. The step is the one `salt fit` runs (``bench_setup``: the LightningModule's own
+constructor, ``configure_optimizers``, ``training_loss`` and ``salt.step.prepare_optimizer_step``
+under bf16 autocast), on uint8 clips already on the device with masks from the real
+``MultiMaskCollator``. A ``lightning`` variant runs ``Trainer.fit`` itself on the same batches, to
+show what the Trainer loop adds.
+
+    python benchmarks/step_throughput.py                       # every variant (CUDA), a table
+    python benchmarks/step_throughput.py --json out.json --budget 540
+    python benchmarks/step_throughput.py --device cpu --model vit_test --steps 3   # CI smoke
+
+On CUDA each variant runs in its own subprocess with its own time limit (an OOM or a hang costs
+that variant only, and the table always prints); on CPU they run in-process. Variants:
+``student`` (activation checkpointing, compile, attention backend), ``teacher`` (stage 1),
+``memory`` (largest batch that fits for a student size), ``lightning`` and ``peak``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import perf  # noqa: E402
+from report import format_table  # noqa: E402
+from variants import default_variants, run_variant  # noqa: E402
+
+RESULT_PREFIX = "RESULT "
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--model", default="vit_large", help="student encoder (default vit_large)")
+    p.add_argument(
+        "--teacher-model",
+        default=None,
+        help="teacher encoder (default vit_large, or the student's when it is vit_test)",
+    )
+    p.add_argument("--batch", type=int, default=None, help="clips per step (24; 2 on CPU)")
+    p.add_argument("--steps", type=int, default=10, help="timed steps (median reported)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed steps first (3; 1 on CPU)")
+    p.add_argument("--max-norm", type=float, default=None, help="gradient clipping norm")
+    p.add_argument("--only", default=None, help="comma-separated variant names to run")
+    p.add_argument("--budget", type=float, default=None, help="total seconds for all variants")
+    p.add_argument("--json", default=None, help="write every result here")
+    p.add_argument("--workdir", default=None, help="teacher file and profiles (default: tmp)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU intra-op threads (1 on CPU: spinning OpenMP threads slow tiny models)",
+    )
+    p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # a variant spec, as JSON
+    args = p.parse_args(argv)
+    if args.teacher_model is None:
+        args.teacher_model = args.model if args.model == "vit_test" else "vit_large"
+    cpu = args.device == "cpu"
+    args.batch = args.batch or (2 if cpu else 24)
+    args.warmup = args.warmup if args.warmup is not None else (1 if cpu else 3)
+    if cpu and args.threads is None:
+        args.threads = 1
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    args.workdir = Path(args.workdir or os.environ.get("TMPDIR", "/tmp")) / "salt_bench"
+    return args
+
+
+def _last_error(stderr: str) -> str:
+    """The last ``SomethingError: ...`` line of a child's stderr (else its last line)."""
+    lines = stderr.strip().splitlines() or ["no output"]
+    errors = [ln for ln in lines if re.search(r"\w+(Error|Exception)\b.*:", ln)]
+    return (errors or lines)[-1].strip()
+
+
+def _run_subprocess(spec: dict, args: argparse.Namespace, timeout: float) -> dict:
+    """Run one variant in a fresh process (clean CUDA memory; killed at ``timeout``)."""
+    cmd = [
+        sys.executable,
+        __file__,
+        "--one",
+        json.dumps(spec),
+        "--device",
+        args.device,
+        "--workdir",
+        str(args.workdir.parent),
+    ]
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        tail = (
+            (exc.stdout or b"")[-2000:]
+            if isinstance(exc.stdout, bytes)
+            else (exc.stdout or "")[-2000:]
+        )
+        print(tail, flush=True)
+        return {**spec, "status": f"timeout after {timeout:.0f}s"}
+    sys.stdout.write(proc.stdout)
+    sys.stderr.write(proc.stderr[-4000:])
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith(RESULT_PREFIX):
+            out = json.loads(line[len(RESULT_PREFIX) :])
+            out["wall_s"] = round(time.perf_counter() - t0, 1)
+            return out
+    last = _last_error(proc.stderr)
+    return {**spec, "status": f"failed (rc {proc.returncode}): {last[:200]}"}
+
+
+def drive(args: argparse.Namespace) -> list[dict]:
+    device = torch.device(args.device)
+    specs = default_variants(args)
+    if args.only:
+        wanted = set(args.only.split(","))
+        specs = [s for s in specs if s["name"] in wanted]
+    deadline = time.perf_counter() + args.budget if args.budget else None
+    results: list[dict] = []
+    for spec in specs:
+        remaining = deadline - time.perf_counter() if deadline else None
+        if remaining is not None and remaining < 20:
+            results.append({**spec, "status": "skipped: budget spent"})
+            continue
+        limit = min(spec.get("limit_s", 300), remaining) if remaining else spec.get("limit_s", 300)
+        print(f"== {spec['name']} (limit {limit:.0f}s)", flush=True)
+        if device.type == "cuda":
+            res = _run_subprocess(spec, args, limit)
+        else:
+            res = run_variant(spec, device, args.workdir)
+        results.append(res)
+        print(f"-- {spec['name']}: {res.get('status')}", flush=True)
+        if args.json:  # keep what is done so far if the whole run is killed
+            _write_json(args, device, results)
+    return results
+
+
+def _write_json(args: argparse.Namespace, device: torch.device, results: list[dict]) -> None:
+    info = {"device": perf.device_info(device) if device.type == "cpu" else {}, "argv": sys.argv}
+    for r in results:  # the device description comes from the subprocesses on CUDA
+        if r.get("device_info"):
+            info["device"] = r["device_info"]
+            break
+    Path(args.json).write_text(json.dumps({"info": info, "results": results}, indent=1))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.one:  # child process: one variant, result on one line
+        res = run_variant(json.loads(args.one), torch.device(args.device), args.workdir)
+        print(RESULT_PREFIX + json.dumps(res), flush=True)
+        return 0
+    results = drive(args)
+    if args.json:
+        _write_json(args, torch.device(args.device), results)
+    print(format_table(results), flush=True)
+    failed = [r for r in results if str(r.get("status", "")).startswith("failed")]
+    return 1 if failed and args.device == "cpu" else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

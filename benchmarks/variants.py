@@ -1,0 +1,336 @@
+"""The benchmark variants of ``step_throughput.py`` and how each one runs (in one process).
+
+A variant is a JSON-able dict (``kind`` plus settings), so the driver can hand it to a fresh
+subprocess. Kinds:
+
+- ``peak``: bf16 8192^3 matmul TFLOP/s (the MFU denominator).
+- ``step``: one stage (``student`` | ``teacher``) at one setting of activation checkpointing,
+  ``torch.compile`` and attention backend: median step time, clips/s, model TFLOP/step (counted
+  eagerly with checkpointing off), MFU, peak memory; optionally a kernel profile.
+- ``memory``: one student size; doubling batch sizes until CUDA runs out of memory.
+- ``lightning``: ``Trainer.fit`` on the same synthetic batches (what the Trainer loop adds).
+"""
+
+from __future__ import annotations
+
+import gc
+import statistics
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import perf
+import torch
+from bench_setup import (
+    build_module,
+    forward_backward,
+    make_teacher_file,
+    make_train_step,
+    prepare_like_fit,
+    restore_act_checkpoint,
+    set_act_checkpoint,
+    synthetic_batches,
+)
+
+# configs/demo/*.yaml: predictor / pixel decoder 2 blocks × 48 wide (the CPU smoke run).
+TINY_HEADS = {
+    "student": {
+        "predictor_dim": 48,
+        "predictor_depth": 2,
+        "predictor_heads": 4,
+        "predictor_mlp_hidden": 96,
+    },
+    "teacher": {
+        "decoder_dim": 48,
+        "decoder_depth": 2,
+        "decoder_heads": 4,
+        "decoder_mlp_hidden": 96,
+    },
+}
+
+
+def default_variants(args: Any) -> list[dict]:
+    """The issue-7 list, most important first (a time budget cuts from the end)."""
+    base = {
+        "model": args.model,
+        "teacher_model": args.teacher_model,
+        "batch": args.batch,
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "max_norm": args.max_norm,
+    }
+    if args.model == "vit_test":  # CI smoke: the demo configs' tiny predictor/decoder and clips
+        base.update(img_size=64, num_frames=8, module_kwargs=TINY_HEADS)
+    st = {
+        **base,
+        "kind": "step",
+        "stage": "student",
+        "attn": "sdpa",
+        "act_ckpt": False,
+        "compile": False,
+    }
+    te = {**st, "stage": "teacher", "model": args.teacher_model}
+    if args.device == "cpu":  # smoke run: the two stages, eager, plus the peak probe
+        return [
+            {"name": "peak", "kind": "peak"},
+            {**st, "name": "student", "flops": True},
+            {**te, "name": "teacher", "flops": True},
+        ]
+    big = args.model == "vit_large"
+    out = [
+        {"name": "peak", "kind": "peak", "limit_s": 60},
+        {**st, "name": "student", "flops": True, "profile": True, "limit_s": 150},
+        {**st, "name": "student_ckpt", "act_ckpt": True, "flops": True, "limit_s": 120},
+        {**te, "name": "teacher", "flops": True, "profile": True, "limit_s": 120},
+    ]
+    if big:
+        out.append(
+            {
+                **base,
+                "kind": "memory",
+                "name": "mem_vit_giant_ckpt",
+                "model": "vit_giant",
+                "act_ckpt": True,
+                "batches": [16, 32, 64, 128, 192],
+                "limit_s": 150,
+            }
+        )
+        out.append(
+            {
+                **base,
+                "kind": "memory",
+                "name": "mem_vit_giant",
+                "model": "vit_giant",
+                "act_ckpt": False,
+                "batches": [8, 16, 24, 32, 48],
+                "limit_s": 120,
+            }
+        )
+    out += [
+        {**st, "name": "student_compile", "compile": True, "flops": True, "limit_s": 300},
+        {**st, "name": "student_auto", "attn": "auto", "flops": True, "limit_s": 120},
+        {**st, "kind": "lightning", "name": "student_lightning", "flops": True, "limit_s": 150},
+        {**te, "name": "teacher_compile", "compile": True, "flops": True, "limit_s": 300},
+    ]
+    if big:
+        for size, bs in (("vit_huge", [16, 32, 64, 128]), ("vit_gigantic", [8, 16, 32, 64, 128])):
+            out.append(
+                {
+                    **base,
+                    "kind": "memory",
+                    "name": f"mem_{size}_ckpt",
+                    "model": size,
+                    "act_ckpt": True,
+                    "batches": bs,
+                    "limit_s": 150,
+                }
+            )
+        out.append(
+            {
+                **base,
+                "kind": "memory",
+                "name": "mem_vit_huge",
+                "model": "vit_huge",
+                "act_ckpt": False,
+                "batches": [8, 16, 24, 32, 48],
+                "limit_s": 120,
+            }
+        )
+        out.append(
+            {
+                **base,
+                "kind": "memory",
+                "name": "mem_vit_gigantic",
+                "model": "vit_gigantic",
+                "act_ckpt": False,
+                "batches": [8, 16, 24, 32],
+                "limit_s": 120,
+            }
+        )
+    out += [
+        {
+            **st,
+            "name": "student_compile_ckpt",
+            "compile": True,
+            "act_ckpt": True,
+            "flops": True,
+            "limit_s": 300,
+        },
+        {"name": "peak_end", "kind": "peak", "limit_s": 60},
+    ]
+    return out
+
+
+def run_variant(spec: dict, device: torch.device, workdir: Path) -> dict:
+    """Run one variant in this process; never raises (errors become ``status``)."""
+    out: dict[str, Any] = {**spec, "device_info": perf.device_info(device)}
+    t0 = time.perf_counter()
+    try:
+        kind = spec["kind"]
+        if kind == "peak":
+            out["peak_tflops"] = perf.matmul_peak_tflops(device)
+            out["peak_n"] = 8192 if device.type == "cuda" else 256  # perf.matmul_peak_tflops
+        elif kind == "step":
+            out.update(_run_step(spec, device, workdir))
+        elif kind == "memory":
+            out.update(_run_memory(spec, device, workdir))
+        elif kind == "lightning":
+            from lightning_run import run_lightning
+
+            out.update(run_lightning(spec, device, workdir))
+        else:
+            raise ValueError(f"unknown variant kind {kind!r}")
+        out.setdefault("status", "ok")
+    except Exception as exc:  # reported in the table; the driver goes on with the next variant
+        out["status"] = f"failed: {type(exc).__name__}: {str(exc)[:300]}"
+        out["traceback"] = traceback.format_exc()[-3000:]
+        print(out["traceback"], flush=True)
+    out["variant_s"] = round(time.perf_counter() - t0, 1)
+    return out
+
+
+def teacher_file_for(spec: dict, workdir: Path) -> Path | None:
+    """The random exported teacher a student variant loads (written once per size and clip)."""
+    if spec.get("stage", "student") != "student":
+        return None
+    name, img, frames = spec["teacher_model"], spec.get("img_size", 224), spec.get("num_frames", 16)
+    return make_teacher_file(
+        workdir / f"teacher_{name}_{frames}x{img}.safetensors", name, img, frames
+    )
+
+
+def build_for(spec: dict, device: torch.device, workdir: Path, compile: bool = False, **kw: Any):
+    """The variant's LightningModule, from its constructor (``bench_setup.build_module``)."""
+    stage = spec.get("stage", "student")
+    return build_module(
+        stage,
+        device,
+        spec["model"],
+        teacher_file=teacher_file_for(spec, workdir),
+        attn=spec.get("attn", "sdpa"),
+        act_checkpoint=spec.get("act_ckpt", False),
+        compile=compile,
+        img_size=spec.get("img_size", 224),
+        num_frames=spec.get("num_frames", 16),
+        **{**(spec.get("module_kwargs") or {}).get(stage, {}), **kw},
+    )
+
+
+def count_step_flops(
+    module, batches: list[dict], device: torch.device, amp: bool = True, n: int = 2
+) -> float:
+    """Mean FLOPs of forward+backward over the first ``n`` batches, checkpointing off."""
+    saved = set_act_checkpoint(module, False)
+    try:
+        counts = [
+            perf.count_flops(lambda b=b: forward_backward(module, b, device, amp))
+            for b in batches[:n]
+        ]
+    finally:
+        restore_act_checkpoint(saved)
+    return statistics.mean(counts)
+
+
+def _mask_sizes(batches: list[dict]) -> list[list[list[int]]]:
+    return [[[c.shape[1], t.shape[1]] for c, t in b["masks"]] for b in batches]
+
+
+def _amp(spec: dict, device: torch.device) -> bool:
+    """bf16 autocast as `salt fit` runs on GPUs (precision bf16-mixed); fp32 on CPU (the demo)."""
+    return bool(spec.get("amp", device.type == "cuda"))
+
+
+def _run_step(spec: dict, device: torch.device, workdir: Path) -> dict:
+    amp = _amp(spec, device)
+    peak = perf.matmul_peak_tflops(device)
+    module = build_for(spec, device, workdir)
+    trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    n_batches = min(spec["warmup"] + spec["steps"], 8)
+    batches, collate_ms = synthetic_batches(module, device, spec["batch"], 2, n_batches)
+    res: dict[str, Any] = {
+        "peak_tflops": peak,
+        "trainable_params": trainable,
+        "collate_ms": collate_ms,
+        "mask_sizes": _mask_sizes(batches[:3]),
+    }
+    if spec.get("flops"):
+        res["flops"] = count_step_flops(module, batches, device, amp)
+        res["flop_breakdown"] = perf.flop_breakdown(
+            lambda: forward_backward(module, batches[0], device, amp)
+        )
+    module.use_compile = bool(spec.get("compile"))
+    prepare_like_fit(module)  # what setup("fit") does: collator, per-block compile
+    res["attn_backend_used"] = module.encoder.attn_backend_used
+    step = make_train_step(module, batches, device, amp=amp, max_norm=spec.get("max_norm"))
+    t_first = time.perf_counter()
+    step(0)
+    perf.synchronize(device)
+    res["first_step_s"] = time.perf_counter() - t_first  # includes compilation when compiled
+    perf.reset_peak_memory(device)
+    times = perf.time_steps(step, device, warmup=max(spec["warmup"] - 1, 0), steps=spec["steps"])
+    res["attn_backend_used"] = module.encoder.attn_backend_used
+    res.update(perf.summarize_ms(times))
+    res["times_ms"] = times
+    res["peak_mem_gib"] = perf.peak_memory_gib(device)
+    res["peak_reserved_gib"] = perf.peak_reserved_gib(device)
+    res["clips_per_s"] = spec["batch"] / (res["median_ms"] * 1e-3)
+    if "flops" in res:
+        res["tflop_per_step"] = res["flops"] / 1e12
+        res["achieved_tflops"] = res["flops"] / (res["median_ms"] * 1e-3) / 1e12
+        res["mfu"] = res["achieved_tflops"] / peak
+    if spec.get("profile") and device.type == "cuda":
+        from profile_step import profile_steps
+
+        res["profile"] = profile_steps(
+            step, device, workdir / f"profile_{spec['name']}.txt", res["median_ms"]
+        )
+    return res
+
+
+def _cleanup(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _run_memory(spec: dict, device: torch.device, workdir: Path) -> dict:
+    module = build_for(spec, device, workdir)
+    prepare_like_fit(module)
+    rows, fits = [], 0
+    for batch in spec["batches"]:
+        row: dict[str, Any] = {"batch": batch}
+        oom = False
+        try:
+            batches, _ = synthetic_batches(module, device, batch, 1, 2)
+            step = make_train_step(
+                module, batches, device, amp=_amp(spec, device), max_norm=spec.get("max_norm")
+            )
+            perf.reset_peak_memory(device)
+            times = perf.time_steps(step, device, warmup=1, steps=2)
+            row.update(
+                median_ms=statistics.median(times),
+                clips_per_s=batch / (statistics.median(times) * 1e-3),
+                peak_mem_gib=perf.peak_memory_gib(device),
+                peak_reserved_gib=perf.peak_reserved_gib(device),
+            )
+            fits = batch
+        except Exception as exc:
+            if not perf.is_oom(exc):
+                raise
+            oom = True
+            row["oom"] = True
+        step = batches = None  # drop the optimizer state and activations before the next try
+        module.zero_grad(set_to_none=True)
+        _cleanup(device)
+        rows.append(row)
+        print(f"   {spec['name']} batch {batch}: {row}", flush=True)
+        if oom:
+            break
+    return {
+        "rows": rows,
+        "max_batch_fit": fits,
+        "max_batch_tried": spec["batches"][-1],
+        "hit_oom": any(r.get("oom") for r in rows),
+        "total_mem_gib": perf.device_info(device).get("total_memory_gib"),
+    }

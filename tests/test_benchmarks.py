@@ -1,0 +1,211 @@
+"""The GPU benchmarks time the step `salt fit` runs, and their CPU smoke run works (issue 7).
+
+- Same step: one optimisation step built by ``benchmarks/bench_setup.make_train_step`` leaves
+  exactly the weights that one step of a real ``Trainer.fit`` leaves (same module, same batch,
+  fp32 on the CPU); and the functions the benchmark calls are, by identity, the LightningModules'
+  ``training_loss`` and the ``prepare_optimizer_step`` that ``on_before_optimizer_step`` calls.
+- CI smoke: ``python benchmarks/step_throughput.py --device cpu --model vit_test --steps 3``.
+- The report fills in borrowed FLOPs / MFU and prints OOM rows.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import bench_setup  # noqa: E402
+import report  # noqa: E402
+import variants  # noqa: E402
+from lightning_run import CycleBatches  # noqa: E402
+
+import salt.module_base  # noqa: E402
+from salt.student import StudentModule  # noqa: E402
+from salt.teacher import TeacherModule  # noqa: E402
+
+
+@pytest.fixture
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # OpenMP spinning on a loaded 2-core machine is ~15x slower
+    yield
+    torch.set_num_threads(n)
+
+
+def test_benchmark_calls_the_fit_step_functions():
+    assert bench_setup.STEP_FUNCTIONS["student"] is StudentModule.training_loss
+    assert bench_setup.STEP_FUNCTIONS["teacher"] is TeacherModule.training_loss
+    # on_before_optimizer_step (the Trainer path) and the benchmark call the same object.
+    assert bench_setup.prepare_optimizer_step is salt.module_base.prepare_optimizer_step
+    # SaltModule.training_step (what Lightning calls) goes through training_loss.
+    assert "training_loss" in salt.module_base.SaltModule.training_step.__code__.co_names
+
+
+def _teacher_module() -> TeacherModule:
+    torch.manual_seed(0)
+    return TeacherModule(
+        encoder="vit_test",
+        img_size=32,
+        num_frames=8,
+        encoder_kwargs={"patch_size": 8},
+        decoder_dim=48,
+        decoder_depth=2,
+        decoder_heads=4,
+        decoder_mlp_hidden=96,
+        warmup_steps=1,
+        health_every=0,
+    )
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("max_norm", [None, 1e-3])
+def test_benchmark_step_equals_trainer_step(tmp_path, max_norm):
+    """Two steps of the benchmark loop and of Trainer.fit give identical weights (CPU, fp32)."""
+    steps = 2
+    a = _teacher_module()
+    b = copy.deepcopy(a)
+    cpu = torch.device("cpu")
+    batches, _ = bench_setup.synthetic_batches(a, cpu, batch_size=2, n_videos=2, n_masks=steps)
+
+    bench_setup.prepare_like_fit(a)
+    step = bench_setup.make_train_step(
+        a, batches, cpu, amp=False, max_norm=max_norm, total_steps=steps
+    )
+    for i in range(steps):
+        step(i)
+
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        precision="32-true",
+        max_steps=steps,
+        gradient_clip_val=max_norm,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    loader = torch.utils.data.DataLoader(CycleBatches(batches, steps), batch_size=None)
+    trainer.fit(b, train_dataloaders=loader)
+
+    moved = 0
+    ref = _teacher_module().state_dict()
+    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6, msg=name)
+        moved += not torch.equal(pa, ref[name])
+    assert moved > 10  # the steps really updated the weights
+
+
+def test_report_borrows_flops_and_prints_oom():
+    results = [
+        {"name": "peak", "kind": "peak", "peak_tflops": 800.0, "status": "ok"},
+        {
+            "name": "student",
+            "kind": "step",
+            "stage": "student",
+            "model": "vit_large",
+            "batch": 24,
+            "flops": 80e12,
+            "median_ms": 200.0,
+            "mfu": 0.5,
+            "status": "ok",
+        },
+        {
+            "name": "student_lightning",
+            "kind": "lightning",
+            "stage": "student",
+            "model": "vit_large",
+            "batch": 24,
+            "median_ms": 250.0,
+            "status": "ok",
+        },
+        {
+            "name": "mem",
+            "kind": "memory",
+            "model": "vit_giant",
+            "act_ckpt": True,
+            "rows": [
+                {"batch": 16, "peak_mem_gib": 40.0, "clips_per_s": 50.0},
+                {"batch": 32, "oom": True},
+            ],
+            "max_batch_fit": 16,
+            "hit_oom": True,
+            "status": "ok",
+        },
+    ]
+    text = report.format_table(results)
+    light = results[2]
+    assert light["mfu"] == pytest.approx(80e12 / 0.25 / 1e12 / 800.0)
+    assert "32 OOM" in text and "student_lightning" in text
+    assert "800.0 TFLOP/s" in text
+
+
+def test_default_variants_cover_issue_7():
+    class Args:
+        model, teacher_model, batch, steps, warmup, max_norm, device = (
+            "vit_large",
+            "vit_large",
+            24,
+            10,
+            3,
+            None,
+            "cuda",
+        )
+
+    names = {v["name"] for v in variants.default_variants(Args)}
+    for needed in (
+        "student",
+        "student_ckpt",
+        "student_compile",
+        "student_auto",
+        "teacher",
+        "mem_vit_huge_ckpt",
+        "mem_vit_giant_ckpt",
+        "mem_vit_gigantic_ckpt",
+        "peak",
+    ):
+        assert needed in names
+    assert all(v["steps"] >= 10 for v in variants.default_variants(Args) if v["kind"] == "step")
+
+
+def test_cpu_smoke_run(tmp_path):
+    """The CI smoke run: both stages step, FLOPs are counted, the table prints."""
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "step_throughput.py"),
+            "--device",
+            "cpu",
+            "--model",
+            "vit_test",
+            "--steps",
+            "3",
+            "--json",
+            str(out),
+            "--workdir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = {r["name"]: r for r in json.loads(out.read_text())["results"]}
+    for name in ("student", "teacher"):
+        r = results[name]
+        assert r["status"] == "ok", r
+        assert r["flops"] > 0 and r["clips_per_s"] > 0 and len(r["times_ms"]) == 3
+        assert r["attn_backend_used"] == "sdpa"
+    assert "clips/s" in proc.stdout and "student" in proc.stdout

@@ -11,7 +11,10 @@ A run lives in ``<trainer.default_root_dir>/<experiment>/<run_name>/``: ``config
 resolved config, rewritten on resume), ``checkpoints/`` (``step=NNNNNNN.ckpt`` every
 ``checkpoint_every`` optimizer steps and ``last.ckpt``, written atomically) and ``run.json`` (the
 MLflow run id, reused on resume). ``--ckpt_path <run>/checkpoints/last.ckpt`` without
-``--run_name`` resumes into that checkpoint's run folder and MLflow run.
+``--run_name`` resumes into that checkpoint's run folder and MLflow run (``--ckpt_path auto``:
+``salt.resume``). A run folder that already holds checkpoints is never trained into afresh: that
+is an error unless ``--ckpt_path`` resumes it. Default run names are ``<stage>-<Slurm job id>``
+(stable across requeues and identical on every rank), else ``<stage>-<timestamp>``.
 
 ``salt export CKPT OUT.safetensors`` writes the encoder of a checkpoint (``salt.encoder_io``).
 ``salt demo …`` hands over to ``salt.demo.main(argv)``.

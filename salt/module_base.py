@@ -114,6 +114,7 @@ class SaltModule(pl.LightningModule):
         self._saved_loss: tuple[int, float | None] = (-1, None)
         self._timing = {"win_start": None, "clips": 0, "batches": 0, "wait": 0.0, "last_end": None}
         self._throughput: tuple[float, float] | None = None
+        self._health_step = -1
 
     # ----------------------------------------------------------------- the step
     def training_loss(
@@ -156,7 +157,12 @@ class SaltModule(pl.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         step = self.global_step
-        health = self.health_every > 0 and step % self.health_every == 0
+        # once per optimizer step (the first micro-batch when gradients are accumulated)
+        health = (
+            self.health_every > 0 and step % self.health_every == 0 and step != self._health_step
+        )
+        if health:
+            self._health_step = step
         loss, stats = self.training_loss(batch, health=health)
         detached = loss.detach()
         finite = torch.isfinite(detached)

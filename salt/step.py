@@ -4,7 +4,7 @@
 run exactly this code. Outside a Trainer, one training step is::
 
     module = StudentModule(encoder="vit_large", teacher="teacher.ckpt", ...).to("cuda")
-    opt = module.configure_optimizers()["optimizer"]           # fused AdamW, SALT param groups
+    opt = module.configure_optimizers(total_steps=N)["optimizer"]  # fused AdamW, SALT groups
     with torch.autocast("cuda", dtype=torch.bfloat16):
         loss, stats = module.training_loss(batch)             # batch as the DataModule yields it
     loss.backward()
@@ -14,7 +14,8 @@ run exactly this code. Outside a Trainer, one training step is::
 ``training_loss(batch) -> (loss, stats)`` takes ``{"video": uint8 [B, C, T, H, W], "masks":
 [(ctx [B, nc], tgt [B, nt]), ...]}`` on the device, normalises on the device and calls the
 functions below. Nothing here reads a tensor on the host (no ``.item()``, no data-dependent
-shapes): ``stats`` are detached 0-d tensors, read only when logged.
+shapes): ``stats`` are detached 0-d tensors, read only when logged. (``health=True`` adds an SVD
+for RankMe; the modules ask for it every ``health_every`` steps only.)
 
 Stage 1 (``pixel_loss``): per mask config, the encoder sees the context tokens only, the pixel
 decoder predicts the norm-pix tubelets at the target indices; MSE (or L1), averaged over configs.

@@ -5,6 +5,8 @@ AdamW moment untouched, clipping clips, and the health signals measure what they
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -132,3 +134,9 @@ def test_rankme_and_feature_std() -> None:
     assert float(rankme(collapsed)) < 1.5
     assert math.isclose(float(feature_std(full)), 1.0, rel_tol=0.1)
     assert float(feature_std(torch.ones(10, 4))) == 0.0
+
+
+def test_step_code_imports_without_mlflow() -> None:
+    """The GPU benchmark machine has no mlflow: the step and both modules must not need it."""
+    code = "import sys, salt.step, salt.student, salt.teacher; assert 'mlflow' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)

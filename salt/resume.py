@@ -172,7 +172,8 @@ class SlurmRequeue(Callback):
         dirpath: where the requeue checkpoint goes; None = the ModelCheckpoint's folder.
         signum: the warning signal (`#SBATCH --signal=SIGUSR1@90`).
         requeue: run `scontrol requeue` after saving (False: save and stop only).
-        check_every_n_steps: how often ranks all-reduce the flag (one int per check).
+        check_every_n_steps: how often ranks all-reduce the flag (one int per check, over a
+            CPU/gloo group: no GPU synchronisation in the training loop).
     """
 
     def __init__(
@@ -188,8 +189,11 @@ class SlurmRequeue(Callback):
         self.check_every_n_steps = max(1, int(check_every_n_steps))
         self.received = False
         self.saved_path: Path | None = None
-        self._active = False
+        self._active = False  # inside an srun task: takes part in the flag all-reduce
+        self._installed = False  # the signal handler is ours (main thread only)
+        self._last_step: int | None = None
         self._previous_handler = None
+        self._group = None  # gloo group for the flag (None: the default group is gloo already)
 
     def _on_signal(self, signum: int, frame: object) -> None:
         # Only a flag: saving here would run collectives at an arbitrary point of the step.
@@ -206,35 +210,58 @@ class SlurmRequeue(Callback):
         ):
             if isinstance(env, SLURMEnvironment):
                 env.auto_requeue = False  # this callback is the only requeue owner
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized() and dist.get_backend() != "gloo":
+            # every rank runs setup: a collective call, in the same order everywhere
+            self._group = dist.new_group(backend="gloo")
+        self._active = True  # on every rank alike: they all join the flag all-reduce
         if threading.current_thread() is threading.main_thread():
             # DataLoader workers forked later inherit this handler (the signal reaches every
             # process of the step), so a worker only sets its own, unused flag instead of dying.
             self._previous_handler = signal.signal(self.signum, self._on_signal)
-            self._active = True
+            self._installed = True
         env = getattr(trainer.strategy, "cluster_environment", None)
         print(
             f"[salt.resume] rank {trainer.global_rank}/{trainer.world_size} "
             f"SLURM_PROCID={os.environ.get('SLURM_PROCID')} job={slurm_job_key()} "
             f"restart={slurm_restart_count()} env={type(env).__name__} "
-            f"requeue_on_signal={self._active}",
+            f"requeue_on_signal={self._installed}",
             flush=True,
         )
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if self._active and threading.current_thread() is threading.main_thread():
+        if self._installed and threading.current_thread() is threading.main_thread():
             signal.signal(self.signum, self._previous_handler or signal.SIG_DFL)
-        self._active = False
+        self._active = self._installed = False
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._last_step = trainer.global_step  # the restored step on a resume
 
     def on_train_batch_end(self, trainer: pl.Trainer, *args: object, **kwargs: object) -> None:
-        if not self._active or trainer.global_step % self.check_every_n_steps:
+        # act only where an optimizer step just ended (not inside a gradient-accumulation window),
+        # the same batches on every rank
+        step = trainer.global_step
+        if not self._active or step == self._last_step:
             return
-        # every rank must reach this all-reduce at the same step: it is one int, every k steps
-        if not trainer.strategy.reduce_boolean_decision(self.received, all=False):
+        self._last_step = step
+        if step % self.check_every_n_steps:
+            return
+        # every rank must reach this all-reduce at the same step: one int on the CPU, every k steps
+        if not self._any_rank_received():
             return
         self.saved_path = self.save(trainer)
         if self.requeue and trainer.is_global_zero:
             self._scontrol_requeue()
         trainer.should_stop = True
+
+    def _any_rank_received(self) -> bool:
+        import torch.distributed as dist
+
+        flag = torch.tensor([int(self.received)], dtype=torch.int32)
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self._group)
+        return bool(flag.item())
 
     def _checkpoint_dir(self, trainer: pl.Trainer) -> Path:
         if self.dirpath is not None:

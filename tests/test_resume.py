@@ -110,9 +110,13 @@ class _Tiny(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
-def test_signal_checkpoints_at_agreed_step_and_stops(tmp_path: Path, monkeypatch) -> None:
-    """Inside an srun task, SIGUSR1 only flags; the next batch end saves `step=N-requeue.ckpt`
-    and stops training (the scontrol call itself is exercised in tests/test_slurm.py)."""
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_signal_checkpoints_at_agreed_step_and_stops(
+    tmp_path: Path, monkeypatch, accumulate: int
+) -> None:
+    """Inside an srun task, SIGUSR1 only flags; the end of the next optimizer step (never inside
+    a gradient-accumulation window) saves `step=N-requeue.ckpt` and stops training (the scontrol
+    call itself is exercised in tests/test_slurm.py)."""
     monkeypatch.setenv("SLURM_JOB_ID", "4242")
     monkeypatch.setenv("SLURM_PROCID", "0")
     before = signal.getsignal(signal.SIGUSR1)
@@ -125,12 +129,14 @@ def test_signal_checkpoints_at_agreed_step_and_stops(tmp_path: Path, monkeypatch
         enable_progress_bar=False,
         enable_model_summary=False,
         callbacks=[requeue, _SendSignal(at_step=3)],
+        accumulate_grad_batches=accumulate,
     )
     data = torch.utils.data.DataLoader(torch.randn(64, 4), batch_size=2)
     trainer.fit(_Tiny(), data)
     assert trainer.global_step == 4  # the flagged step finished, then the trainer stopped
     assert requeue.saved_path == tmp_path / "ckpts" / "step=0000004-requeue.ckpt"
     assert torch.load(requeue.saved_path, weights_only=False)["global_step"] == 4
+    assert trainer.fit_loop.epoch_loop.batch_progress.current.completed == 4 * accumulate
     assert signal.getsignal(signal.SIGUSR1) == before  # handler restored on teardown
 
 

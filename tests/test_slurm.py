@@ -52,7 +52,7 @@ def shards(tmp_path_factory: pytest.TempPathFactory) -> str:
 # --------------------------------------------------------------------------- helpers
 
 
-def _submit(tmp: Path, shards: str, max_steps: int, checkpoint_every: int) -> str:
+def _submit(tmp: Path, shards: str, max_steps: int, checkpoint_every: int, *extra: str) -> str:
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # our `salt`
     env["OMP_NUM_THREADS"] = "1"
@@ -65,6 +65,7 @@ def _submit(tmp: Path, shards: str, max_steps: int, checkpoint_every: int) -> st
         f"--trainer.max_steps={max_steps}", "--model.init_args.warmup_steps=2",
         f"--checkpoint_every={checkpoint_every}", f"--trainer.default_root_dir={tmp}/runs",
         "--run_name=null", "--trainer.enable_progress_bar=false", "--trainer.log_every_n_steps=1",
+        *extra,
     ]  # fmt: skip
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60)
     assert out.returncode == 0, out.stderr
@@ -146,7 +147,7 @@ def test_sbatch_scripts_usage_errors(script: str, tmp_path: Path) -> None:
 @pytest.mark.slurm
 @pytest.mark.slow
 def test_two_task_cpu_ddp_job_completes(tmp_path: Path, shards: str) -> None:
-    job = _submit(tmp_path, shards, max_steps=4, checkpoint_every=2)
+    job = _submit(tmp_path, shards, 4, 2, "--tracking=false")  # MLflow: the requeue test
     log = tmp_path / f"slurm-{job}.out"
     _wait("job completion", lambda: log.exists() and "step finished" in log.read_text(), job, log)
     _wait("job state COMPLETED", lambda: _finished(job), job, log, timeout=30)

@@ -329,3 +329,21 @@ def test_bf16_autocast_close_to_fp32():
         out = model(x, idx)
     out.float().square().mean().backward()
     torch.testing.assert_close(out.float(), ref, rtol=0.1, atol=0.1)
+
+
+def test_embed_tubelets_equals_conv3d():
+    """The matmul tubelet embedding is the Conv3d (same weights, same token order), fp32 and
+    under bf16 autocast, with gradients reaching the conv weights."""
+    from salt.models.vit import embed_tubelets
+
+    model = create_encoder("vit_test")
+    x = clip(2, 4, 32, 48)
+    want = model.patch_embed(x).flatten(2).transpose(1, 2)  # [B, N, D]
+    got = embed_tubelets(x, model.patch_embed)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = embed_tubelets(x, model.patch_embed)
+    assert low.dtype == torch.bfloat16
+    assert (low.float() - want).norm() / want.norm() < 1e-2
+    got.square().sum().backward()
+    assert model.patch_embed.weight.grad.abs().sum() > 0

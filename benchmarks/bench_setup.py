@@ -155,6 +155,22 @@ def autocast_for(device: torch.device, amp: bool):
     return torch.autocast(device.type, dtype=torch.bfloat16) if amp else nullcontext()
 
 
+def sdpa_context(name: str | None):
+    """Restrict PyTorch SDPA to one kernel (``flash``, ``efficient``, ``cudnn``, ``math``) for a
+    diagnostic variant; None leaves PyTorch's own choice (what `salt fit` runs)."""
+    if not name:
+        return nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    names = {
+        "flash": "FLASH_ATTENTION",
+        "efficient": "EFFICIENT_ATTENTION",
+        "cudnn": "CUDNN_ATTENTION",
+        "math": "MATH",
+    }
+    return sdpa_kernel([getattr(SDPBackend, names[name])])
+
+
 def make_train_step(
     module: SaltModule,
     batches: list[dict],

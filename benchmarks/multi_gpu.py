@@ -56,8 +56,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--cases", default=None, help=f"strategy:model:gpus,... (default {DEFAULT_CASES})"
     )
     p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=10, help="untimed steps (cover the 8 mask draws)")
     p.add_argument("--budget", type=float, default=None, help="seconds for all cases")
+    p.add_argument("--deadline", type=float, default=None, help="unix time to stop by")
     p.add_argument("--json", default=None)
     p.add_argument("--workdir", default=os.environ.get("TMPDIR", "/tmp"))
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)
@@ -202,7 +203,12 @@ def main(argv: list[str] | None = None) -> int:
         print(RESULT_PREFIX + json.dumps(res), flush=True)
         return 0
     cases = (args.cases or DEFAULT_CASES).split(",")
-    deadline = time.perf_counter() + args.budget if args.budget else None
+    # perf_counter time at which to stop: --deadline (unix time, from run_gpu.sh) or --budget
+    deadline = None
+    if args.deadline:
+        deadline = time.perf_counter() + (args.deadline - time.time())
+    elif args.budget:
+        deadline = time.perf_counter() + args.budget
     results = []
     for case in cases:
         spec = case_spec(case, args)

@@ -15,13 +15,14 @@ from typing import Any
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-CATEGORIES = (  # first match wins; kernel names of cuBLAS/cuDNN/flash/triton on Hopper
-    ("attention", re.compile(r"flash|fmha|attention|efficient_attention|cudnn.*sdpa", re.I)),
-    ("matmul", re.compile(r"gemm|nvjet|xmma|cutlass|wgmma|sm90_|sm80_|cublas|_mm_|splitk", re.I)),
-    ("optimizer", re.compile(r"adam|foreach|multi_tensor|norm_kernel|lpnorm", re.I)),
-    ("layernorm", re.compile(r"layer_norm|layernorm", re.I)),
-    ("conv", re.compile(r"conv|implicit_gemm|winograd", re.I)),
-    ("copy/cast", re.compile(r"copy|cast|convert|cat|index|gather|scatter|transpose", re.I)),
+CATEGORIES = (  # first match wins; kernel names of cuBLAS/cuDNN/flash/ATen on Hopper
+    ("conv", re.compile(r"convolve|wgrad|dgrad|nchwToNhwc|nhwcToNchw", re.I)),
+    ("attention", re.compile(r"sdpa|flash|fmha|attention", re.I)),
+    ("matmul", re.compile(r"gemm|nvjet|xmma|cutlass|wgmma|splitK", re.I)),
+    ("optimizer", re.compile(r"adam|multi_tensor", re.I)),
+    ("layernorm", re.compile(r"layer_norm|GammaBeta", re.I)),
+    ("reduce", re.compile(r"reduce_kernel", re.I)),
+    ("copy/cat/index", re.compile(r"copy_kernel|CatArray|index|gather|scatter|flip", re.I)),
 )
 
 
@@ -29,11 +30,18 @@ def categorize(name: str) -> str:
     for cat, pattern in CATEGORIES:
         if pattern.search(name):
             return cat
-    return "elementwise/other"
+    return "elementwise"
 
 
 def _self_device_us(evt: Any) -> float:
     for attr in ("self_device_time_total", "self_cuda_time_total"):
+        if hasattr(evt, attr):
+            return float(getattr(evt, attr))
+    return 0.0
+
+
+def _device_total_us(evt: Any) -> float:
+    for attr in ("device_time_total", "cuda_time_total"):
         if hasattr(evt, attr):
             return float(getattr(evt, attr))
     return 0.0
@@ -58,6 +66,11 @@ def profile_steps(
         cat = categorize(e.key)
         by_cat[cat] = by_cat.get(cat, 0.0) + _self_device_us(e)
     top = sorted(kernels, key=_self_device_us, reverse=True)[:20]
+    ops = [e for e in averages if e.key.startswith("aten::") and _device_total_us(e) > 0]
+    top_ops = [
+        {"op": e.key, "ms_per_step": _device_total_us(e) / 1e3 / n, "calls_per_step": e.count / n}
+        for e in sorted(ops, key=_device_total_us, reverse=True)[:15]
+    ]
     rows = [
         {
             "kernel": e.key[:110],
@@ -83,11 +96,17 @@ def profile_steps(
             k: v / 1e3 / n for k, v in sorted(by_cat.items(), key=lambda kv: -kv[1])
         },
         "top_kernels": rows,
+        "top_aten_ops": top_ops,
         "table_file": str(out_file),
     }
     print(
         f"   profile: GPU busy {gpu_ms:.1f} ms/step of {step_ms:.1f} ms; by category (ms/step): "
         + ", ".join(f"{k} {v:.1f}" for k, v in summary["by_category_ms"].items()),
+        flush=True,
+    )
+    print(
+        "   aten ops (device ms/step incl. children): "
+        + ", ".join(f"{o['op'][6:]} {o['ms_per_step']:.1f}" for o in top_ops[:12]),
         flush=True,
     )
     for r in rows[:12]:

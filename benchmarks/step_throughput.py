@@ -52,6 +52,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-norm", type=float, default=None, help="gradient clipping norm")
     p.add_argument("--only", default=None, help="comma-separated variant names to run")
     p.add_argument("--budget", type=float, default=None, help="total seconds for all variants")
+    p.add_argument("--deadline", type=float, default=None, help="unix time to stop by")
     p.add_argument("--json", default=None, help="write every result here")
     p.add_argument("--workdir", default=None, help="teacher file and profiles (default: tmp)")
     p.add_argument(
@@ -122,7 +123,12 @@ def drive(args: argparse.Namespace) -> list[dict]:
     if args.only:
         wanted = set(args.only.split(","))
         specs = [s for s in specs if s["name"] in wanted]
-    deadline = time.perf_counter() + args.budget if args.budget else None
+    # perf_counter time at which to stop: --deadline (unix time, from run_gpu.sh) or --budget
+    deadline = None
+    if args.deadline:
+        deadline = time.perf_counter() + (args.deadline - time.time())
+    elif args.budget:
+        deadline = time.perf_counter() + args.budget
     results: list[dict] = []
     for spec in specs:
         remaining = deadline - time.perf_counter() if deadline else None

@@ -64,6 +64,18 @@ def read_run_file(run_dir: str | os.PathLike) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def _restore_tracking_uri(before: str | None) -> None:
+    """Undo the process-wide side effect of Lightning's logger: ``MLFlowLogger`` calls
+    ``mlflow.set_tracking_uri``, which also exports ``MLFLOW_TRACKING_URI`` to the environment, so
+    every later run in the same process (``salt demo``, a notebook, a test) would silently log to
+    this run's store instead of its own default."""
+    if os.environ.get("MLFLOW_TRACKING_URI") == before:
+        return
+    import mlflow
+
+    mlflow.set_tracking_uri(before)  # None unsets the variable and mlflow's global
+
+
 class SaltMLflowLogger(MLFlowLogger):
     """``MLFlowLogger`` whose failures never stop training (one warning, then tracking is off).
 
@@ -118,11 +130,14 @@ class SaltMLflowLogger(MLFlowLogger):
         this during setup, so the first unreachable-store error surfaces (and is caught) here."""
         if self.disabled:
             return None
+        before = os.environ.get("MLFLOW_TRACKING_URI")
         try:
             return super().experiment
         except Exception as e:
             self._fail("opening the run", e)
             return None
+        finally:
+            _restore_tracking_uri(before)
 
     @property
     def run_id(self) -> str | None:

@@ -9,15 +9,6 @@ from salt.probes.metrics import classification_metrics, save_confusion_png
 from salt.probes.sweep import HeadGrid, make_grid, predict, train_grid
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # 2 cores shared by several processes: one intra-op thread avoids spin-wait stalls.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_attentive_probe_structure_and_shapes():
     p4 = AttentiveProbe(64, 7, depth=4, num_heads=4)
     assert len(p4.blocks) == 3 and all(isinstance(b, Block) for b in p4.blocks)

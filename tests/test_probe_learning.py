@@ -28,14 +28,6 @@ REPO = Path(__file__).resolve().parents[1]
 CHANCE = 0.25  # 4 classes
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
     out = tmp_path_factory.mktemp("motion")

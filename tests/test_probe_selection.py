@@ -17,14 +17,6 @@ from salt.probes.selection import select_head, stratified_split
 from salt.probes.sweep import run_sweep
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _features(M, seed, C=4, V=2, N=6, D=16, noise=3.0):
     g = torch.Generator().manual_seed(seed)
     protos = torch.randn(C, D, generator=torch.Generator().manual_seed(123))

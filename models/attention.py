@@ -141,12 +141,9 @@ class Attention(nn.Module):
                 q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
             out = _xformers_attention(q, k, v)  # [B, N, H, hd]
         else:
-            qkv = qkv.permute(2, 0, 3, 1, 4)  # [3, B, H, N, hd]
+            q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # [B, H, N, hd] each
             if rope is not None:
                 cos, sin = rope[0].unsqueeze(1), rope[1].unsqueeze(1)  # [B, 1, N, hd]
-                q, k = apply_rope(qkv[:2], cos, sin).unbind(0)  # q and k in one pass each op
-                v = qkv[2]
-            else:
-                q, k, v = qkv.unbind(0)  # [B, H, N, hd] each
+                q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
             out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2)  # [B, N, H, hd]
         return self.proj(out.reshape(B, N, D))

@@ -83,15 +83,5 @@ def rotate_pairs(x: torch.Tensor) -> torch.Tensor:
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate ``x [..., hd]`` by tables broadcastable to it (computed in x's dtype).
-
-    Same value as ``x·cos + rotate_pairs(x)·sin``, in three passes over ``x`` instead of five:
-    the pair swap is one ``flip`` and the sign of ``rotate_pairs`` moves onto the (small) sin
-    table, so the result is ``addcmul(x·cos, swap(x), ±sin)``. On an H100 the eager RoPE of a
-    ViT-L student step fell from ≈ 80 ms (strided mul/neg/stack/mul/add kernels) — see
-    benchmarks/NOTES.md.
-    """
-    swapped = x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)  # (x_{2i+1}, x_{2i})
-    s = sin.to(x.dtype).unflatten(-1, (-1, 2))
-    signed_sin = torch.stack((-s[..., 0], s[..., 1]), dim=-1).flatten(-2)  # (−sin_i, +sin_i)
-    return torch.addcmul(x * cos.to(x.dtype), swapped, signed_sin)
+    """Rotate ``x [..., hd]`` by tables broadcastable to it (computed in x's dtype)."""
+    return x * cos.to(x.dtype) + rotate_pairs(x) * sin.to(x.dtype)

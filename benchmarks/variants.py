@@ -165,6 +165,24 @@ def default_variants(args: Any) -> list[dict]:
             },
         ]
     out += [
+        # diagnostics: is the stage-1 step host-bound at B=24 (GPU busy ≈ 2/3 of the step)?
+        # and the compiled student with FlashAttention-2 instead of cuDNN attention
+        {
+            **te,
+            "name": "teacher_compile_b64",
+            "compile": True,
+            "batch": 64,
+            "flops": True,
+            "limit_s": 150,
+        },
+        {
+            **st,
+            "name": "student_compile_flash",
+            "compile": True,
+            "sdpa_backend": "flash",
+            "flops": True,
+            "limit_s": 240,
+        },
         {**st, "name": "student_auto", "attn": "auto", "flops": True, "limit_s": 120},
         # Trainer.fit itself; warm-up covers the 8 mask draws it cycles over
         {**st, "kind": "lightning", "name": "student_lightning", "warmup": 10, "limit_s": 150},

@@ -169,7 +169,7 @@ def default_variants(args: Any) -> list[dict]:
         # and the compiled student with FlashAttention-2 instead of cuDNN attention
         {
             **te,
-            "name": "teacher_compile_b64",
+            "name": "teacher_compile_b48",
             "compile": True,
             "batch": 64,
             "flops": True,

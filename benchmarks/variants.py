@@ -171,7 +171,7 @@ def default_variants(args: Any) -> list[dict]:
             **te,
             "name": "teacher_compile_b48",
             "compile": True,
-            "batch": 64,
+            "batch": 48,
             "flops": True,
             "limit_s": 150,
         },

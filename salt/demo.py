@@ -11,8 +11,16 @@
 
 Everything is logged to one MLflow sqlite store in `DIR/runs/mlflow.db`. The configs this run used
 are written to `DIR/configs/` (they match `configs/demo/*.yaml`, which a test keeps in step), so
-`salt fit -c DIR/configs/teacher.yaml` reproduces a stage by hand. The task is chance for a single
-frame (4 motion directions, random textures), so any accuracy above 25 % comes from motion.
+`salt fit -c DIR/configs/teacher.yaml` reproduces a stage by hand.
+
+Two settings differ from the paper's, because of what this dataset is (measured on it). The class
+is the direction of motion of a random texture: a single frame is at chance, and a patch of texture cannot be predicted from its spatial neighbours. (1) Masks: SPEC's
+multi-block masks span the whole clip in time, so the only route to a masked tubelet would be
+spatial and there is nothing to learn (the teacher's loss sticks at ≈ 0.78 and its features
+collapse); the demo masks the frames of one contiguous half of the clip instead, so predicting
+them needs the motion. (2) Probe: a linear probe on mean-pooled tokens (`configs/probe/tiny.yaml`
+with linear heads only), because an attentive probe reads motion out of random-init tokens too
+(≈ 0.95 top-1): it would measure the probe, not the pretraining.
 """
 
 from __future__ import annotations
@@ -20,8 +28,11 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
+import re
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -29,85 +40,40 @@ import yaml
 
 EXPERIMENT = "salt-demo"
 
-# The shared optimisation / model settings of configs/demo/{teacher,student}.yaml.
-_OPTIM = {
-    "lr": 2.0e-3,
-    "start_lr": 2.0e-4,
-    "final_lr": 1.0e-5,
-    "warmup_steps": 10,
-    "weight_decay": 0.04,
-    "final_weight_decay": 0.1,
-    "health_every": 20,
-}
-_DATA = {
-    "frames_per_clip": 8,
-    "frame_step": 2,
-    "crop_size": 64,
-    "batch_size": 8,
-    "num_workers": 1,
-    "epoch_length": 1000,
-    "shuffle_buffer": 16,
-}
-TEACHER_MODEL = {
-    "class_path": "salt.teacher.TeacherModule",
-    "init_args": {
-        "encoder": "vit_test",
-        "decoder_dim": 48,
-        "decoder_depth": 2,
-        "decoder_heads": 4,
-        "decoder_mlp_hidden": 96,
-        **_OPTIM,
-    },
-}
-STUDENT_MODEL = {
-    "class_path": "salt.student.StudentModule",
-    "init_args": {
-        "encoder": "vit_test",
-        "teacher": None,
-        "predictor_dim": 48,
-        "predictor_depth": 2,
-        "predictor_heads": 4,
-        "predictor_mlp_hidden": 96,
-        **_OPTIM,
-    },
-}
-# The probe protocol of configs/probe/tiny.yaml (kept in step by a test).
-PROBE = {
-    "frames_per_clip": 8,
-    "frame_step": 2,
-    "crop_size": 64,
-    "num_segments": 1,
-    "num_views": 1,
-    "num_workers": 0,
-    "extract_batch_size": 8,
-    "probe_depth": 1,
-    "probe_heads": 4,
-    "head_kinds": ["attentive", "linear"],
-    "lrs": [3.0e-3, 1.0e-3],
-    "wds": [0.01, 0.1],
-    "linear_lrs": [3.0e-2, 1.0e-2],
-    "epochs": 30,
-    "batch_size": 16,
-    "heldout_fraction": 0.2,
-}
-
-# Sizes: full (default) and --fast (CI).
+# fmt: off
+# One mask config for both stages: the frames of one contiguous half of the clip (every position)
+# are the target, the other half is the context (module docstring, point 1).
+MASKS = [{"name": "half_clip", "num_blocks": 1, "spatial_scale": [1.0, 1.0],
+          "aspect_ratio": [1.0, 1.0], "temporal_scale": [0.5, 0.5]}]
+# The shared optimisation / data settings of configs/demo/{teacher,student}.yaml.
+_OPTIM = {"masks": MASKS, "lr": 3.0e-3, "start_lr": 3.0e-4, "final_lr": 1.0e-5,
+          "warmup_steps": 100, "weight_decay": 0.04, "final_weight_decay": 0.1,
+          "health_every": 100}
+_DATA = {"frames_per_clip": 8, "frame_step": 2, "crop_size": 64, "batch_size": 16,
+         "num_workers": 1, "shuffle_buffer": 64}
+TEACHER_MODEL = {"class_path": "salt.teacher.TeacherModule", "init_args": {
+    "encoder": "vit_test", "decoder_dim": 48, "decoder_depth": 2, "decoder_heads": 4,
+    "decoder_mlp_hidden": 96, **_OPTIM}}
+STUDENT_MODEL = {"class_path": "salt.student.StudentModule", "init_args": {
+    "encoder": "vit_test", "teacher": None, "predictor_dim": 48, "predictor_depth": 2,
+    "predictor_heads": 4, "predictor_mlp_hidden": 96, **_OPTIM}}
+# The probe protocol of configs/probe/tiny.yaml (kept in step by a test) ...
+PROBE = {"frames_per_clip": 8, "frame_step": 2, "crop_size": 64, "num_segments": 1,
+         "num_views": 1, "num_workers": 0, "extract_batch_size": 8, "probe_depth": 1,
+         "probe_heads": 4, "head_kinds": ["attentive", "linear"], "lrs": [3.0e-3, 1.0e-3],
+         "wds": [0.01, 0.1], "linear_lrs": [3.0e-2, 1.0e-2], "epochs": 60, "batch_size": 16,
+         "heldout_fraction": 0.2}
+# ... with linear heads only (module docstring, point 2), at a higher lr: mean-pooled tokens are
+# small, and here 0.3 / 0.1 beat tiny.yaml's 0.03 / 0.01 (chosen on held-out train, as always).
+PROBE_OVERRIDES = {"head_kinds": ["linear"], "linear_lrs": [0.3, 0.1]}
+# Sizes: full (default) and --fast (CI). clips = (pretraining, probe-train, validation).
 SIZES = {
-    "full": {
-        "clips": (512, 256, 128),
-        "teacher_steps": 150,
-        "student_steps": 200,
-        "ckpt_every": 40,
-        "probe_epochs": 30,
-    },
-    "fast": {
-        "clips": (192, 96, 64),
-        "teacher_steps": 40,
-        "student_steps": 60,
-        "ckpt_every": 20,
-        "probe_epochs": 15,
-    },
+    "full": {"clips": (512, 256, 128), "teacher_steps": 1000, "student_steps": 2000,
+             "ckpt_every": 400},
+    "fast": {"clips": (256, 128, 64), "teacher_steps": 300, "student_steps": 600,
+             "ckpt_every": 150},
 }
+# fmt: on
 
 
 def fit_config(stage: str, root: Path, shards: str, steps: int, ckpt_every: int) -> dict:
@@ -122,23 +88,66 @@ def fit_config(stage: str, root: Path, shards: str, steps: int, ckpt_every: int)
             "devices": 1,
             "precision": 32,
             "max_steps": steps,
-            "log_every_n_steps": 5,
+            "log_every_n_steps": 25,
             "enable_model_summary": False,
         },
         "model": copy.deepcopy(TEACHER_MODEL if stage == "teacher" else STUDENT_MODEL),
-        "data": {"train_shards": shards, **_DATA},
+        "data": {"train_shards": shards, **_DATA, "epoch_length": steps},  # one bar per stage
     }
 
 
-def _header(i: int, n: int, text: str) -> None:
-    print(f"\n{'=' * 78}\n[{i}/{n}] {text}\n{'=' * 78}", flush=True)
+def set_threads(busy_cores: int) -> int:
+    """Intra-op threads for the main process: the cores left to it after `busy_cores` workers.
+
+    More threads than free cores make OpenMP spin-wait against the decoding worker (measured on
+    2 cores: a vit_test step took 2.4 s with 2 threads beside a worker, 0.23 s with 1).
+    """
+    import torch
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    threads = max(1, (cores or 1) - busy_cores)
+    torch.set_num_threads(threads)
+    return threads
 
 
-def _fit(cfg: dict, path: Path, extra: list[str]) -> None:
+class _Stages:
+    """Prints numbered stage headers and keeps each stage's wall-clock seconds."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.seconds, self._open = total, {}, None
+
+    def start(self, i: int, key: str, text: str) -> None:
+        self.stop()
+        self._open = (key, time.time())
+        print(f"\n{'=' * 78}\n[{i}/{self.total}] {text}\n{'=' * 78}", flush=True)
+
+    def stop(self) -> None:
+        if self._open is not None:
+            key, t = self._open
+            self.seconds[key] = round(time.time() - t, 1)
+            self._open = None
+
+
+# Warnings every demo run would print that say nothing about it (the val loader without a
+# validation_step is the DataModule's; `srun` on PATH is Lightning's Slurm hint).
+_QUIET = ("The `srun` command is available", "You passed in a `val_dataloader`", "treespec")
+# A progress bar redrawn every step costs ~25 ms of a ~55 ms vit_test step on 2 CPU cores. A run
+# option, not a config value: configs stay usable with `--trainer.enable_progress_bar false`.
+_PROGRESS = ["--trainer.callbacks+=TQDMProgressBar", "--trainer.callbacks.refresh_rate", "25"]
+
+
+def _fit(cfg: dict, path: Path) -> None:
     from salt.cli import SaltCLI
 
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    SaltCLI(args=["fit", "-c", str(path), *extra])
+    argv, sys.argv = sys.argv, sys.argv[:1]  # LightningCLI warns if argv holds the demo's flags
+    try:
+        with warnings.catch_warnings():
+            for text in _QUIET:
+                warnings.filterwarnings("ignore", message=f".*{re.escape(text)}")
+            SaltCLI(args=["fit", "-c", str(path), *_PROGRESS])
+    finally:
+        sys.argv = argv
 
 
 def _probe(ckpt: Path, data: dict, out_json: Path, tracking_uri: str, extra: list[str]) -> dict:
@@ -173,49 +182,58 @@ def run_demo(out: Path, fast: bool = False) -> dict[str, Any]:
     for d in (root, cfg_dir, probe_dir):
         d.mkdir(parents=True, exist_ok=True)
     tracking_uri = f"sqlite:///{root / 'mlflow.db'}"
-    n = 6
+    stages = _Stages(6)
 
-    _header(1, n, "synthetic motion-only videos (class = direction of motion)")
+    stages.start(1, "shards", "synthetic motion-only videos (class = direction of motion)")
     n_train, n_probe, n_val = size["clips"]
     data = write_synthetic_shards(
         str(out / "shards"), num_train=n_train, num_probe_train=n_probe, num_val=n_val, seed=0
     )
     print(f"shards in {out / 'shards'}: {data['counts']}  ({data['num_classes']} classes)")
 
-    _header(2, n, f"stage 1: tiny pixel teacher, {size['teacher_steps']} steps")
+    threads = set_threads(_DATA["num_workers"])
     steps = size["teacher_steps"]
-    _fit(fit_config("teacher", root, data["train"], steps, steps), cfg_dir / "teacher.yaml", [])
+    stages.start(
+        2, "teacher", f"stage 1: tiny pixel teacher, {steps} steps ({threads} torch threads)"
+    )
+    _fit(fit_config("teacher", root, data["train"], steps, steps), cfg_dir / "teacher.yaml")
     teacher_ckpt = root / EXPERIMENT / "teacher" / "checkpoints" / "last.ckpt"
 
-    _header(3, n, f"stage 2: frozen teacher, tiny student, {size['student_steps']} steps")
+    stages.start(
+        3, "student", f"stage 2: frozen teacher, tiny student, {size['student_steps']} steps"
+    )
     scfg = fit_config("student", root, data["train"], size["student_steps"], size["ckpt_every"])
     scfg["model"]["init_args"]["teacher"] = str(teacher_ckpt)
-    _fit(scfg, cfg_dir / "student.yaml", [])
-    student_dir = root / EXPERIMENT / "student"
-    student_ckpts = _checkpoints(student_dir)
+    _fit(scfg, cfg_dir / "student.yaml")
+    student_ckpts = _checkpoints(root / EXPERIMENT / "student")
 
-    _header(4, n, f"probes: teacher, {len(student_ckpts)} student checkpoints, random init")
+    set_threads(PROBE["num_workers"])
+    stages.start(
+        4,
+        "probes",
+        f"linear probes: teacher, {len(student_ckpts)} student checkpoints, random init",
+    )
     (probe_dir / "probe.yaml").write_text(
-        yaml.safe_dump({**PROBE, "epochs": size["probe_epochs"]}, sort_keys=False)
+        yaml.safe_dump({**PROBE, **PROBE_OVERRIDES}, sort_keys=False)
     )
     results: dict[str, dict] = {}
     results["teacher"] = _probe(teacher_ckpt, data, probe_dir / "teacher.json", tracking_uri, [])
     for i, ckpt in enumerate(student_ckpts):
-        last = i == len(student_ckpts) - 1
-        extra = ["--baseline", "random"] if last else []
+        extra = ["--baseline", "random"] if i == len(student_ckpts) - 1 else []
         results[ckpt.stem] = _probe(
             ckpt, data, probe_dir / f"{ckpt.stem}.json", tracking_uri, extra
         )
     final = results[student_ckpts[-1].stem]
 
-    _header(5, n, "model selection: student training loss vs probe top-1")
+    stages.start(5, "compare", "model selection: student training loss vs probe top-1")
     plot = out / "loss_vs_top1.png"
     cmp_args = runs_parser().parse_args(
         ["compare", "--experiment", EXPERIMENT, "--tracking-uri", tracking_uri, "--plot", str(plot)]
     )
     fit = compare(cmp_args)["fit"]
 
-    _header(6, n, "summary")
+    stages.start(6, "summary", "summary")
+    stages.stop()
     summary = {
         "probe_top1": {
             "random": final["random_top1"],
@@ -234,10 +252,13 @@ def run_demo(out: Path, fast: bool = False) -> dict[str, Any]:
             for k, r in results.items()
             if k != "teacher"
         ],  # fmt: skip
+        "probe": "linear head on mean-pooled frozen tokens (configs/probe/tiny.yaml, linear only)",
         "chance": 1.0 / data["num_classes"],
         "fast": fast,
+        "threads": threads,
         "tracking_uri": tracking_uri,
         "plots": [str(plot), *sorted(str(p) for p in probe_dir.glob("*_confusion.png"))],
+        "stage_seconds": stages.seconds,
         "seconds": round(time.time() - t0, 1),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -249,10 +270,10 @@ def format_summary(s: dict[str, Any], out: Path) -> str:
     """The final table and what to open next."""
     top = s["probe_top1"]
     lines = [
-        f"{'encoder':<22}{'probe top-1':>12}",
-        f"{'random init':<22}{top['random']:>12.3f}",
-        f"{'teacher (stage 1)':<22}{top['teacher']:>12.3f}",
-        f"{'student (stage 2)':<22}{top['student']:>12.3f}",
+        f"{'encoder':<22}{'linear-probe top-1':>20}",
+        f"{'random init':<22}{top['random']:>20.3f}",
+        f"{'teacher (stage 1)':<22}{top['teacher']:>20.3f}",
+        f"{'student (stage 2)':<22}{top['student']:>20.3f}",
         f"chance = {s['chance']:.3f}; student - random = {top['student'] - top['random']:+.3f}",
         f"student loss vs top-1 over {len(s['student_checkpoints'])} checkpoints: "
         f"R² = {s['r2']:.3f}, Spearman ρ = {s['spearman']:.3f}",

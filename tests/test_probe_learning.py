@@ -67,6 +67,7 @@ def test_trained_student_beats_chance_and_random_init(shards, tmp_path):
         "--trainer.default_root_dir", str(runs), "--data.train_shards", shards["train"],
         "--trainer.max_steps", "40", "--checkpoint_every", "40", "--data.num_workers", "0",
         "--trainer.enable_progress_bar", "false", "--tracking", "false",
+        "--model.init_args.warmup_steps", "4",
     ]  # fmt: skip
     salt_main(["fit", "-c", str(REPO / "configs/demo/teacher.yaml"), *fast])
     teacher = runs / "salt-demo/teacher/checkpoints/last.ckpt"

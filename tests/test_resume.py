@@ -205,11 +205,15 @@ def _fit(root: Path, shards: str, run_name: str, rec: _Record, max_steps: int = 
 
 @pytest.mark.slow
 def test_cli_resume_is_exact(tmp_path: Path, shards: str) -> None:  # noqa: F811
+    # the uninterrupted schedule of configs/demo/teacher.yaml with 6 steps and 2 warmup steps
+    import yaml
+
     from salt.schedules import cosine, warmup_cosine
 
-    # the uninterrupted schedule of configs/demo/teacher.yaml with 6 steps and 2 warmup steps
-    ref_lr = [warmup_cosine(s, 6, 2, 2.0e-4, 2.0e-3, 1.0e-5) for s in range(6)]
-    ref_wd = [cosine(s, 6, 0.04, 0.1) for s in range(6)]
+    demo = yaml.safe_load((REPO / "configs/demo/teacher.yaml").read_text())["model"]["init_args"]
+    lrs = (demo["start_lr"], demo["lr"], demo["final_lr"])
+    ref_lr = [warmup_cosine(s, 6, 2, *lrs) for s in range(6)]
+    ref_wd = [cosine(s, 6, demo["weight_decay"], demo["final_weight_decay"]) for s in range(6)]
     root = tmp_path / "runs"
     first = _Record(crash_at=4)
     with pytest.raises(RuntimeError, match="simulated preemption"):

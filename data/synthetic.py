@@ -71,7 +71,8 @@ def motion_frames(
     return (rgb + 0.5).astype(np.uint8)  # convex mix of two colours in [0, 255]: no clip needed
 
 
-def _clip_rng(seed: int, split: str, index: int) -> np.random.Generator:
+def clip_rng(seed: int, split: str, index: int) -> np.random.Generator:
+    """The generator of clip ``index`` of ``split``: the shards' clips can be remade in memory."""
     return np.random.default_rng([seed, _SPLIT_IDS[split], index])
 
 
@@ -91,7 +92,7 @@ def _write_split(
     with wds.ShardWriter(pattern, maxcount=shard_size, verbose=0, post=shards.append) as writer:
         for i in range(count):
             label = i % num_classes
-            clip = motion_frames(label, num_classes, frames, size, _clip_rng(seed, split, i))
+            clip = motion_frames(label, num_classes, frames, size, clip_rng(seed, split, i))
             meta = {
                 "label": label,
                 "source": f"synthetic:{split}:{seed}:{i}",

@@ -276,6 +276,14 @@ def run_demo(out: Path, fast: bool = False) -> dict[str, Any]:
     return summary
 
 
+# Printed under a --fast table: its accuracies must not be read as a result (measured: students
+# of 600-1000 steps stay at chance on this task over 3 seeds; benchmarks/NOTES.md, "Demo recipe").
+FAST_NOTE = [
+    "--fast checks the plumbing only: its runs are too short to learn motion (the student needs",
+    "~1000 steps), so the accuracies above are noise; the default run (no --fast) is the result.",
+]
+
+
 def format_summary(s: dict[str, Any], out: Path) -> str:
     """The final table and what to open next."""
     top = s["probe_top1"]
@@ -285,6 +293,7 @@ def format_summary(s: dict[str, Any], out: Path) -> str:
         f"{'teacher (stage 1)':<22}{top['teacher']:>20.3f}",
         f"{'student (stage 2)':<22}{top['student']:>20.3f}",
         f"chance = {s['chance']:.3f}; student - random = {top['student'] - top['random']:+.3f}",
+        *(FAST_NOTE if s["fast"] else []),
         f"student loss vs top-1 over {len(s['student_checkpoints'])} checkpoints: "
         f"R² = {s['r2']:.3f}, Spearman ρ = {s['spearman']:.3f}",
         f"done in {s['seconds']:.0f} s (CPU: main {s['cpu_seconds']['main']:.0f} s, data workers "

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from salt.demo import PROBE, PROBE_OVERRIDES, SIZES, fit_config, main, run_demo
+from salt.demo import FAST_NOTE, PROBE, PROBE_OVERRIDES, SIZES, fit_config, main, run_demo
 from salt.probes.config import ProbeConfig, load_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -77,3 +77,4 @@ def test_fast_demo_end_to_end(tmp_path: Path, capsys) -> None:
     printed = capsys.readouterr().out
     assert "[6/6] summary" in printed
     assert f"mlflow ui --backend-store-uri {summary['tracking_uri']}" in printed
+    assert FAST_NOTE[0] in printed  # a --fast table is never presented as a result

@@ -4,13 +4,16 @@ The synthetic classes differ only in motion direction (a single frame is at chan
 above 1/K measures motion information in the frozen tokens plus the probe's ability to read it.
 
 1. A frozen encoder that keeps raw motion (a random-init `vit_test` is close to a random projection
-   of each 2-frame tubelet) must be probed well above chance: this checks the whole protocol —
-   decoding, multi-clip features, the grid, held-out selection, validation scoring.
-2. A tiny student trained by the real `salt fit` demo configs should beat chance and the random-init
-   encoder. Measured at the demo's scale it does not (see the xfail reason): pixel-reconstruction
-   and latent-prediction training at this size discard the motion that a random projection keeps.
-   The test is strict, so it starts failing (XPASS) the day training learns motion, and the marker
-   must then be removed.
+   of each 2-frame tubelet) must be probed well above chance by the attentive protocol: this checks
+   the whole protocol — decoding, multi-clip features, the grid, held-out selection, validation
+   scoring.
+2. Pretraining must put motion into the tokens: the whole `salt demo` at its default size (real
+   shards, `salt fit` for both stages, `salt-probe`, `salt-runs compare`) gives a student whose
+   linear probe on mean-pooled tokens beats chance and the random-init encoder by a clear margin.
+   No shorter run does: over 3 seeds, students of 600-1000 steps were at chance (benchmarks/NOTES.md,
+   "Demo recipe"), so this test costs the demo's ~7 minutes on 2 cores. It fails if training stops
+   learning motion (SPEC's whole-clip masks, misaligned targets, a broken schedule all leave the
+   student at chance).
 """
 
 from pathlib import Path
@@ -18,11 +21,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from salt.cli import main as salt_main
 from salt.data.synthetic import write_synthetic_shards
+from salt.demo import run_demo
 from salt.models import create_encoder
-from salt.probes import load_config, load_encoder
-from salt.probes.protocol import evaluate_encoder, random_like
+from salt.probes import load_config
+from salt.probes.protocol import evaluate_encoder
 
 REPO = Path(__file__).resolve().parents[1]
 CHANCE = 0.25  # 4 classes
@@ -53,38 +56,14 @@ def test_probe_reads_motion_from_frozen_tokens(shards):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,  # a crash is a failure, only the accuracy claim is expected to fail
-    reason="measured with the demo configs (vit_test, 60 teacher + 60 student steps, 64² crops) "
-    "and configs/probe/tiny.yaml: student top-1 0.22, teacher 0.23, random-init 0.95 on 4 motion "
-    "classes (chance 0.25); a 300-step teacher (0.19) and half-length temporal masks stayed at "
-    "chance too",
-)
-def test_trained_student_beats_chance_and_random_init(shards, tmp_path):
-    runs = tmp_path / "runs"
-    fast = [
-        "--trainer.default_root_dir", str(runs), "--data.train_shards", shards["train"],
-        "--trainer.max_steps", "40", "--checkpoint_every", "40", "--data.num_workers", "0",
-        "--trainer.enable_progress_bar", "false", "--tracking", "false",
-        "--model.init_args.warmup_steps", "4",
-    ]  # fmt: skip
-    salt_main(["fit", "-c", str(REPO / "configs/demo/teacher.yaml"), *fast])
-    teacher = runs / "salt-demo/teacher/checkpoints/last.ckpt"
-    salt_main(
-        [
-            "fit",
-            "-c",
-            str(REPO / "configs/demo/student.yaml"),
-            *fast,
-            "--model.teacher",
-            str(teacher),
-        ]
-    )
-    student, meta = load_encoder(runs / "salt-demo/student/checkpoints/last.ckpt")
-    trained = _probe(student, shards, meta["mean"], meta["std"])
-    rand = _probe(random_like(student, seed=0), shards, meta["mean"], meta["std"])
-    assert trained.top1 >= CHANCE + 0.25, (
-        f"student top-1 {trained.top1:.3f}, random {rand.top1:.3f}"
-    )
-    assert trained.top1 >= rand.top1 + 0.05, f"student {trained.top1:.3f} vs random {rand.top1:.3f}"
+@pytest.mark.timeout(1800)  # the default demo: ~410 s on 2 quiet cores, ~620 s on loaded ones
+def test_trained_student_beats_chance_and_random_init(tmp_path):
+    summary = run_demo(tmp_path / "demo")
+    top = summary["probe_top1"]
+    msg = f"student {top['student']:.3f}, random {top['random']:.3f}, chance {CHANCE}"
+    assert top["student"] >= CHANCE + 0.15, msg
+    assert top["student"] >= top["random"] + 0.10, msg
+    # Model selection reads: the students' lower training loss goes with higher probe accuracy.
+    ckpts = summary["student_checkpoints"]
+    assert ckpts[-1]["train_loss"] < ckpts[0]["train_loss"]
+    assert summary["spearman"] < 0, summary["student_checkpoints"]

@@ -171,7 +171,10 @@ def test_requeued_job_resumes_same_step_and_mlflow_run(tmp_path: Path, shards: s
     the time limit; here via `scancel --signal`): SlurmRequeue checkpoints and requeues itself;
     (2) `scontrol requeue` from outside (preemption-like): resume from the last periodic checkpoint.
     """
-    max_steps = 14
+    # restart 1 must still be training when the external requeue lands: it has to run
+    # ~30 steps past the checkpoint the test reacts to (14 was ~5 steps, 0.7 s: under load the
+    # job finished first and restart 2 only reloaded last.ckpt)
+    max_steps = 40
     job = _submit(tmp_path, shards, max_steps=max_steps, checkpoint_every=3)
     log = tmp_path / f"slurm-{job}.out"
     ckpts = _run_dir(tmp_path, job) / "checkpoints"
@@ -218,6 +221,10 @@ def test_requeued_job_resumes_same_step_and_mlflow_run(tmp_path: Path, shards: s
         200,
     )
     text = log.read_text()
+    reached = f"`Trainer.fit` stopped: `max_steps={max_steps}` reached."
+    assert text.count(reached) == 1 and text.index(reached) > text.index("restart 2 on"), (
+        "restart 1 finished before the external requeue landed: the test raced the job"
+    )
     starts = [m.group(1) for m in re.finditer(r"--ckpt_path auto in \S+: (.*)", text)]
     assert len(starts) == 3, starts
     assert starts[0] == "none: fresh start"
@@ -228,7 +235,6 @@ def test_requeued_job_resumes_same_step_and_mlflow_run(tmp_path: Path, shards: s
     assert m and int(m.group(2)) >= _load(periodic)["global_step"], starts
     for restart in (1, 2):
         assert f"SLURM_PROCID=0 job={job} restart={restart} env=SLURMEnvironment" in text
-    assert f"`Trainer.fit` stopped: `max_steps={max_steps}` reached." in text
 
     # same run folder, same MLflow run across all three attempts
     assert json.loads(run_json.read_text())["mlflow_run_id"] == run_id

@@ -13,7 +13,11 @@
   weight decay, clips/s, data wait) only on the steps Lightning flushes to the loggers anyway;
 - health every ``health_every`` steps (RankMe, std of predictions and targets);
 - ``ckpt["salt"]`` metadata (docs/architecture.md), including the mean training loss since the
-  previous checkpoint, accumulated on the device and read only when a checkpoint is written.
+  previous checkpoint, accumulated on the device and read only when a checkpoint is written;
+- the SDPA kernel: cuDNN attention is switched off while fitting (``cudnn_attention=False``).
+  cuDNN builds an execution plan for every new sequence length (≈ 0.5 s on an H100), and SALT's
+  masks give every batch new context / target lengths, so a run pays that cost on most of its
+  first hundreds of steps; PyTorch then picks FlashAttention-2 (same speed eager, benchmarks/).
 """
 
 from __future__ import annotations
@@ -60,6 +64,8 @@ class SaltModule(pl.LightningModule):
         betas: AdamW betas.
         eps: AdamW epsilon.
         compile: ``torch.compile`` every transformer block.
+        cudnn_attention: let PyTorch SDPA use cuDNN attention while fitting (False: excluded for
+            the fit, restored after; see the module docstring).
         health_every: compute RankMe / std health signals every this many steps (0 = never).
         max_nonfinite: abort after this many consecutive non-finite (skipped) optimizer steps.
     """
@@ -86,6 +92,7 @@ class SaltModule(pl.LightningModule):
         compile: bool,
         health_every: int,
         max_nonfinite: int,
+        cudnn_attention: bool = False,
     ) -> None:
         super().__init__()
         if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
@@ -104,6 +111,8 @@ class SaltModule(pl.LightningModule):
             "eps": eps,
         }
         self.use_compile = compile
+        self.cudnn_attention = bool(cudnn_attention)
+        self._cudnn_sdp_before: bool | None = None  # the process setting restored at teardown
         self.health_every = int(health_every)
         self.guard = NonFiniteGuard(max_nonfinite)
         self.mask_collator: MultiMaskCollator | None = None
@@ -141,9 +150,17 @@ class SaltModule(pl.LightningModule):
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is not None and hasattr(datamodule, "set_mask_fn"):
             datamodule.set_mask_fn(self.mask_collator)
+        if not self.cudnn_attention and torch.backends.cuda.cudnn_sdp_enabled():
+            self._cudnn_sdp_before = True
+            torch.backends.cuda.enable_cudnn_sdp(False)  # process-wide: forward and recompute agree
         if self.use_compile:
             for module in self.compiled_modules():
                 compile_blocks(module)
+
+    def teardown(self, stage: str) -> None:
+        if self._cudnn_sdp_before is not None:
+            torch.backends.cuda.enable_cudnn_sdp(self._cudnn_sdp_before)
+            self._cudnn_sdp_before = None
 
     def compiled_modules(self) -> list[nn.Module]:
         """Modules whose blocks ``compile=True`` compiles (each stage lists its own)."""

@@ -92,7 +92,8 @@ class StudentModule(SaltModule):
         loss: ``"l1"`` (SALT) or ``"mse"``.
         act_checkpoint: activation checkpointing in student encoder and predictor.
         masks, mean, std, lr, start_lr, final_lr, warmup_steps, weight_decay, final_weight_decay,
-            betas, eps, compile, health_every, max_nonfinite: see ``salt.module_base.SaltModule``.
+            betas, eps, compile, cudnn_attention, health_every, max_nonfinite:
+                see ``salt.module_base.SaltModule``.
     """
 
     stage = "student"
@@ -126,6 +127,7 @@ class StudentModule(SaltModule):
         eps: float = 1e-8,
         act_checkpoint: bool = False,
         compile: bool = False,
+        cudnn_attention: bool = False,
         health_every: int = 100,
         max_nonfinite: int = 20,
     ) -> None:
@@ -144,6 +146,7 @@ class StudentModule(SaltModule):
             betas=betas,
             eps=eps,
             compile=compile,
+            cudnn_attention=cudnn_attention,
             health_every=health_every,
             max_nonfinite=max_nonfinite,
         )

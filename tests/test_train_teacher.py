@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import pytest
+import pytorch_lightning as pl
 import torch
 from train_helpers import (  # noqa: F401 - fixtures
     Recorder,
@@ -71,3 +72,29 @@ def test_checkpoint_metadata(shards: str, tmp_path) -> None:  # noqa: F811
     assert meta["mean"] == list(model.mean) and meta["std"] == list(model.std)
     assert isinstance(meta["train_loss"], float) and 0 < meta["train_loss"] < 10
     assert any(k.startswith("decoder.") for k in ckpt["state_dict"])
+
+
+class _CudnnSdpSeen(pl.Callback):
+    """Records whether SDPA may pick cuDNN attention while training batches run."""
+
+    def __init__(self) -> None:
+        self.seen: list[bool] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.seen.append(torch.backends.cuda.cudnn_sdp_enabled())
+
+
+@pytest.mark.parametrize("allow", [False, True])
+def test_cudnn_attention_excluded_while_fitting(shards: str, tmp_path, allow: bool) -> None:  # noqa: F811
+    """cuDNN attention rebuilds a plan per new sequence length, so fitting turns it off by
+    default; the process-wide flag comes back afterwards either way."""
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    torch.backends.cuda.enable_cudnn_sdp(True)
+    try:
+        seen = _CudnnSdpSeen()
+        model = TeacherModule(**module_kwargs("teacher", warmup_steps=1, cudnn_attention=allow))
+        trainer(tmp_path, 2, callbacks=[seen]).fit(model, datamodule=datamodule(shards))
+        assert seen.seen == [allow, allow]
+        assert torch.backends.cuda.cudnn_sdp_enabled()  # restored after fit
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(before)

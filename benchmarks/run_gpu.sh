@@ -4,6 +4,7 @@
 #
 #   bash benchmarks/run_gpu.sh h100 [LIMIT_S] [extra step_throughput.py args]   # issue 7, 1 GPU
 #   bash benchmarks/run_gpu.sh x2   [LIMIT_S] [extra multi_gpu.py args]         # issue 6.6, 2 GPUs
+#   bash benchmarks/run_gpu.sh fit  [LIMIT_S] [extra fit_throughput.py args]    # salt fit, shipped config
 #
 # LIMIT_S (default 580) is the whole call's wall-clock budget; give the device call a timeout a
 # little above it. Results land in $OUT (default /tmp/salt_out): env.txt, *.json, *_log.txt and
@@ -64,6 +65,10 @@ case "$MODE" in
     timeout "$BACKSTOP" $PY benchmarks/multi_gpu.py --json "$OUT/multi.json" \
       --workdir /tmp --deadline "$DEADLINE" "$@" 2>&1 | tee "$OUT/multi_log.txt"
     ;;
-  *) echo "unknown mode $MODE (h100 | x2)"; exit 2 ;;
+  fit)
+    timeout "$BACKSTOP" $PY benchmarks/fit_throughput.py --json "$OUT/fit.json" \
+      --deadline "$DEADLINE" "$@" 2>&1 | tee "$OUT/fit_log.txt"
+    ;;
+  *) echo "unknown mode $MODE (h100 | x2 | fit)"; exit 2 ;;
 esac
 echo "run_gpu.sh done in $(( $(date +%s) - START ))s"

@@ -9,8 +9,9 @@ worker). Normalisation happens on the device: ``salt.data.transforms.normalize``
 
 Skipped samples and events (see ``salt.data.stats``) arrive inside each batch as ``data_counts``;
 ``on_before_batch_transfer`` removes them from the batch, adds them to running totals
-(``data_stats()``) and, when a count changed, logs the totals to the trainer's loggers as
-``data/<name>`` (train) and ``data/val_<name>`` (validation). A LightningModule that overrides
+(``data_stats()``) and logs the totals to the trainer's loggers as ``data/<name>`` (train) and
+``data/val_<name>`` (validation): at the first count of each kind, then at most once per
+``log_every_n_steps`` steps while they change, and once more at the end of the fit. A LightningModule that overrides
 ``on_before_batch_transfer`` itself would be bypassed by Lightning (the DataModule's hook wins).
 
 Resume (Lightning stores ``state_dict()`` in every checkpoint and calls ``load_state_dict`` before
@@ -194,6 +195,7 @@ class VideoDataModule(pl.LightningDataModule):
         self._resume_offset = 0  # batches of the interrupted epoch consumed before the resume
         self._counts: dict[str, int] = {}
         self._val_counts: dict[str, int] = {}
+        self._logged: tuple[int, dict[str, float]] | None = None  # (step, totals) last logged
         self._train_stream: TrainClipStream | None = None
 
     # ----------------------------------------------------------------- masks
@@ -278,9 +280,30 @@ class VideoDataModule(pl.LightningDataModule):
         else:
             self._val_counts = sum_counts([self._val_counts, counts])
         if counts and trainer is not None:
-            for logger in trainer.loggers:
-                logger.log_metrics(self.data_stats(), step=trainer.global_step)
+            self._log_stats(final=False)
         return batch
+
+    def _log_stats(self, final: bool) -> None:
+        """Log the totals when a new kind of count appears, when ``log_every_n_steps`` steps passed
+        since the last write, or at the end (``final``): a dataset with a short video in every
+        batch would otherwise cost one synchronous logger write (an MLflow sqlite commit) per step."""
+        trainer = self.trainer
+        stats, step = self.data_stats(), trainer.global_step
+        if self._logged is not None:
+            last_step, last = self._logged
+            if stats == last:
+                return
+            every = max(1, trainer.log_every_n_steps or 1)
+            if not final and stats.keys() <= last.keys() and step - last_step < every:
+                return
+        for logger in trainer.loggers:
+            logger.log_metrics(stats, step=step)
+        self._logged = (step, stats)
+
+    def teardown(self, stage: str) -> None:
+        if self.trainer is not None and self._logged is not None:
+            # the totals since the last write (Lightning closes the loggers after this hook)
+            self._log_stats(final=True)
 
     def data_stats(self) -> dict[str, float]:
         """Running totals on this rank: ``data/<name>`` (train) and ``data/val_<name>``."""

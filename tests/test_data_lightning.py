@@ -100,3 +100,23 @@ def test_fit_counts_logged_state_checkpointed_and_resumed(spec: str, tmp_path) -
     assert dm2.resume_count == 1
     assert t2.global_step == 8 and dm2.batches_seen == 8
     assert t2.current_epoch == 2  # epoch 0 finished after 1 more batch (4 total), epoch 1 had 4
+
+
+def test_counts_logged_at_most_once_per_log_interval_and_at_the_end(tmp_path) -> None:
+    """Every batch pads short videos (a count each batch); the totals are written at the first
+    count, then once per ``log_every_n_steps`` steps, then once at the end: 3 writes for 8 steps,
+    not 8 (each write to MLflow is a synchronous database commit)."""
+    short = index_video(4, 32, 40)  # the window needs 7 frames (4 × step 2)
+    spec_short = write_tar(
+        tmp_path / "short-000000.tar", [video_sample(f"s{i}", short) for i in range(6)]
+    )
+    dm = VideoDataModule(
+        spec_short, frames_per_clip=4, frame_step=2, crop_size=16, batch_size=2, num_workers=0,
+        short_video="pad", epoch_length=100,
+    )  # fmt: skip
+    t = trainer(tmp_path, max_steps=8, log_every_n_steps=4)
+    t.fit(TinyModule(), datamodule=dm)
+    assert dm.data_stats()["data/padded"] == 16  # 8 batches × 2 padded clips
+    with open(tmp_path / "log" / "version_0" / "metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("data/padded")]
+    assert [(int(r["step"]), float(r["data/padded"])) for r in rows] == [(0, 2), (4, 10), (8, 16)]

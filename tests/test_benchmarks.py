@@ -4,7 +4,8 @@
   exactly the weights that one step of a real ``Trainer.fit`` leaves (same module, same batch,
   fp32 on the CPU); and the functions the benchmark calls are, by identity, the LightningModules'
   ``training_loss`` and the ``prepare_optimizer_step`` that ``on_before_optimizer_step`` calls.
-- CI smoke: ``python benchmarks/step_throughput.py --device cpu --model vit_test --steps 3``.
+- CI smoke: ``python benchmarks/step_throughput.py --device cpu --model vit_test --steps 3``, and
+  ``benchmarks/fit_throughput.py --smoke`` (the end-to-end ``salt fit`` benchmark).
 - The report fills in borrowed FLOPs / MFU and prints OOM rows.
 """
 
@@ -209,3 +210,24 @@ def test_cpu_smoke_run(tmp_path):
         assert r["flops"] > 0 and r["clips_per_s"] > 0 and len(r["times_ms"]) == 3
         assert r["attn_backend_used"] == "sdpa"
     assert "clips/s" in proc.stdout and "student" in proc.stdout
+
+
+def test_fit_throughput_smoke(tmp_path):
+    """`benchmarks/fit_throughput.py --smoke`: real `salt fit` of a shipped config (vit_test, CPU)
+    in one process per variant; each variant's overrides reach the module it fits."""
+    out = tmp_path / "fit.json"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "fit_throughput.py"), "--smoke",
+           "--config", "configs/teacher/vitl16.yaml", "--variants", "shipped,ckpt+cudnn",
+           "--steps", "12", "--warmup-steps", "2", "--clips", "16", "--workdir", str(tmp_path),
+           "--json", str(out)]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    for name, settings in [
+        ("shipped", {"act_checkpoint": False, "compile": False, "cudnn_attention": False}),
+        ("ckpt+cudnn", {"act_checkpoint": True, "compile": False, "cudnn_attention": True}),
+    ]:
+        row = rows[name]
+        assert row["steps"] == 12 and row["clips_per_s"] > 0 and row["by_window"], row
+        assert row["settings"] == settings
+    assert "| shipped |" in proc.stdout

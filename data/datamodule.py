@@ -11,8 +11,9 @@ Skipped samples and events (see ``salt.data.stats``) arrive inside each batch as
 ``on_before_batch_transfer`` removes them from the batch, adds them to running totals
 (``data_stats()``) and logs the totals to the trainer's loggers as ``data/<name>`` (train) and
 ``data/val_<name>`` (validation): at the first count of each kind, then at most once per
-``log_every_n_steps`` steps while they change, and once more at the end of the fit. A LightningModule that overrides
-``on_before_batch_transfer`` itself would be bypassed by Lightning (the DataModule's hook wins).
+``log_every_n_steps`` steps while they change, and once more at the end of the fit. A
+LightningModule that overrides ``on_before_batch_transfer`` itself would be bypassed by Lightning
+(the DataModule's hook wins).
 
 Resume (Lightning stores ``state_dict()`` in every checkpoint and calls ``load_state_dict`` before
 building the dataloaders). Restored exactly:

@@ -65,28 +65,6 @@ def make_shards(workdir: Path, size: int, frames: int, count: int) -> str:
     )["train"]  # fmt: skip
 
 
-def make_teacher(workdir: Path, encoder: str, size: int, frames: int) -> Path:
-    """A random-init frozen teacher of `encoder`, exported as salt reads it."""
-    import torch
-    from safetensors.torch import save_file
-
-    from salt.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-    from salt.models import create_encoder
-
-    path = workdir / f"teacher_{encoder}_{size}_{frames}.safetensors"
-    if path.is_file():
-        return path
-    torch.manual_seed(0)
-    enc = create_encoder(encoder, img_size=size, num_frames=frames)
-    meta = {"stage": "teacher", "encoder_config": dict(enc.config), "encoder_prefix": "encoder.",
-            "rope_convention": "interleaved-v1", "mean": list(IMAGENET_MEAN),
-            "std": list(IMAGENET_STD), "step": 0, "train_loss": None, "teacher": None,
-            "mlflow_run_id": None}  # fmt: skip
-    state = {k: v.contiguous() for k, v in enc.state_dict().items()}
-    save_file(state, str(path), metadata={"salt": json.dumps(meta)})
-    return path
-
-
 def _profiler_callback():  # noqa: ANN202 (pl imported lazily: the parent process does not need it)
     import pytorch_lightning as pl
     import torch
@@ -183,6 +161,9 @@ def main() -> None:
     p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("extra", nargs="*", help=argparse.SUPPRESS)
     args = p.parse_args()
+    unknown = [v for v in args.variants.split(",") if v not in VARIANTS]
+    if unknown:
+        p.error(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
     if args.one:
         print("RESULT " + json.dumps(run_one(args)), flush=True)
         return
@@ -216,7 +197,11 @@ def main() -> None:
              "--data.epoch_length", str(args.steps),
              "--model.init_args.warmup_steps", str(args.steps // 4)]  # fmt: skip
     if cfg["model"]["class_path"].endswith("StudentModule"):
-        base += ["--model.init_args.teacher", str(make_teacher(work, encoder, size, frames))]
+        from bench_setup import make_teacher_file  # imports torch: only where a teacher is needed
+
+        teacher = make_teacher_file(work / f"teacher_{encoder}_{size}_{frames}.safetensors",
+                                    encoder, size, frames)  # fmt: skip
+        base += ["--model.init_args.teacher", str(teacher)]
 
     rows = {}
     for name in args.variants.split(","):

@@ -63,11 +63,16 @@ def resolve_backend(backend: str) -> str:
 
 
 def _gather(unique_idx: np.ndarray, frames: np.ndarray, indices: Sequence[int]) -> np.ndarray:
-    """Frames for ``indices`` (may repeat) from frames decoded at sorted ``unique_idx``."""
-    if len(unique_idx) == len(indices):  # strictly increasing: already in order, no copy
-        return frames
-    pos = np.searchsorted(unique_idx, np.asarray(indices))
-    return frames[pos]
+    """Frames for ``indices`` (any order, may repeat) from frames decoded at sorted ``unique_idx``.
+
+    Distinct indices are not enough to skip the gather: the windows of several evaluation segments
+    can overlap without sharing a frame (``[0, 40, 4, 44, ...]``), and their sorted union is not
+    the requested order. Only a strictly increasing request is already in order.
+    """
+    wanted = np.asarray(indices)
+    if len(unique_idx) == len(wanted) and np.array_equal(unique_idx, wanted):
+        return frames  # strictly increasing request: decoded order is requested order, no copy
+    return frames[np.searchsorted(unique_idx, wanted)]
 
 
 def _decode_decord(data: bytes, choose: Chooser, threads: int) -> DecodedClip:

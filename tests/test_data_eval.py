@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import pytest
-from helpers_video import BAD_INPUT_CASES, bad_input_samples, index_video, video_sample, write_tar
+from helpers_video import (
+    BAD_INPUT_CASES,
+    bad_input_samples,
+    frame_numbers,
+    index_video,
+    video_sample,
+    write_tar,
+)
 
 from salt.data import eval_loader
 from salt.data.decode import HAVE_DECORD
+from salt.data.sampling import segment_indices
 from salt.data.stats import sum_counts
 
 CLIP = {"frames_per_clip": 8, "frame_step": 2, "crop_size": 16}
@@ -94,3 +102,14 @@ def test_missing_label_is_skipped_for_evaluation(tmp_path) -> None:
 def test_missing_shard_is_a_clear_error(tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match="does not exist"):
         eval_loader(str(tmp_path / "nope-000000.tar"), **CLIP)
+
+
+@pytest.mark.parametrize("decoder", ["pyav"] + (["decord"] if HAVE_DECORD else []))
+def test_each_segment_gets_its_own_frames_in_order(tmp_path, decoder: str) -> None:
+    # 40 frames, 2 segments x 8 frames at step 4: the windows overlap without a shared frame
+    spec = write_tar(tmp_path / "idx.tar", [video_sample("a", index_video(40), 1)])
+    batch = next(iter(eval_loader(spec, **{**CLIP, "frame_step": 4}, num_segments=2,
+                                  num_workers=0, decoder=decoder)))  # fmt: skip
+    segs, _ = segment_indices(40, 8, 4, num_segments=2)
+    got = [frame_numbers(batch["video"][0, s, 0]) for s in range(2)]  # [C, T, H, W] each
+    assert got == segs

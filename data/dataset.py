@@ -81,7 +81,7 @@ def worker_slot() -> tuple[int, int]:
     return (0, 1) if info is None else (info.id, info.num_workers)
 
 
-def _shard_handler(counts: Counter) -> Callable[[Exception], bool]:
+def shard_handler(counts: Counter) -> Callable[[Exception], bool]:
     def handler(exn: Exception) -> bool:
         counts[skip_key("bad_shard")] += 1
         return True  # continue with the next file/shard
@@ -94,7 +94,7 @@ def _resampled_samples(source: VideoSource, rng: random.Random, counts: Counter)
     if source.rows:
         yield from _resampled_rows(source.rows, rng, counts, source.name)
         return
-    urls, handler, empty = source.shards, _shard_handler(counts), 0
+    urls, handler, empty = source.shards, shard_handler(counts), 0
     while True:
         url = urls[rng.randrange(len(urls))]
         got = 0
@@ -126,7 +126,7 @@ def _mix(sources: list[Iterator[dict]], weights: list[float], rng: random.Random
         yield next(sources[rng.choices(range(len(sources)), weights)[0]])
 
 
-def _shuffle(samples: Iterator[dict], size: int, rng: random.Random) -> Iterator[dict]:
+def shuffle_samples(samples: Iterator[dict], size: int, rng: random.Random) -> Iterator[dict]:
     buf: list[dict] = []
     for sample in samples:
         if len(buf) < size:
@@ -213,7 +213,7 @@ class TrainClipStream(IterableDataset):
         ]
         raw = sources[0] if len(sources) == 1 else _mix(sources, self.weights, rng)
         if self.shuffle_buffer > 1 and any(d.shards for d in self.datasets):
-            raw = _shuffle(raw, self.shuffle_buffer, rng)  # CSV rows come permuted already
+            raw = shuffle_samples(raw, self.shuffle_buffer, rng)  # CSV rows come permuted already
         clips, labels, skips_in_a_row = [], [], 0
         for _ in range(num_batches):
             while len(clips) < self.batch_size:
@@ -282,7 +282,7 @@ class EvalClipStream(IterableDataset):
     def _my_samples(self, counts: Counter) -> Iterator[dict]:
         worker, num_workers = worker_slot()
         slots, slot = self.world_size * num_workers, self.rank * num_workers + worker
-        handler, urls = _shard_handler(counts), self.source.shards
+        handler, urls = shard_handler(counts), self.source.shards
         if len(urls) >= slots:
             yield from wds.tarfile_samples([{"url": u} for u in urls[slot::slots]], handler=handler)
         elif urls:
@@ -295,7 +295,7 @@ class EvalClipStream(IterableDataset):
     def _clip(self, sample: dict, counts: Counter) -> tuple[torch.Tensor, int]:
         cfg = self.cfg
         data, label = parse_sample(sample, require_label=self.require_label)
-        check_label(label if label >= 0 else None, self.num_classes, _where(sample))
+        check_label(label if label >= 0 else None, self.num_classes, sample_where(sample))
         padded = False
 
         def choose(n: int, fps: float) -> list[int]:
@@ -350,6 +350,6 @@ class EvalClipStream(IterableDataset):
         return batch
 
 
-def _where(sample: dict) -> str:
+def sample_where(sample: dict) -> str:
     """Where a sample came from, for error messages: its shard or file, and its key."""
     return f"{sample.get('__url__', '?')}: sample {sample.get('__key__')!r}"

@@ -14,6 +14,7 @@ import os
 from webdataset.shardlists import expand_urls
 
 from salt.data.stats import SkipSample
+from salt.errors import UsageError
 
 VIDEO_EXTS = ("mp4", "webm", "mkv", "avi", "mov", "m4v", "mpg", "mpeg", "ogv", "flv", "wmv", "ts")
 
@@ -51,22 +52,31 @@ def parse_sample(sample: dict, require_label: bool = False) -> tuple[bytes, int]
 def expand_shards(spec: str | list[str]) -> list[str]:
     """Shard URLs of one spec: ``a::b``, braces ``x-{000..009}.tar`` and globs ``dir/*.tar``.
 
-    Local paths must exist (a typo is an error here, not an endless loop of failed reads).
+    Local paths must exist (a typo is an error here, not an endless loop of failed reads). A
+    ``.csv`` part (a list of video files, see ``salt.data.sources``) is returned as itself, so
+    callers that only need the files a spec names (e.g. to hash them) handle both kinds.
+
+    Raises:
+        UsageError: a pattern that matches nothing or a file that does not exist (named).
     """
     specs = [spec] if isinstance(spec, str) else list(spec)
     urls: list[str] = []
     for s in specs:
         for url in expand_urls(s):
             remote = "://" in url or url.startswith("pipe:")
-            if not remote and any(c in url for c in "*?["):
+            if not remote and url.lower().endswith(".csv"):
+                if not os.path.isfile(url):
+                    raise UsageError(f"video list {url!r} does not exist")
+                urls.append(url)
+            elif not remote and any(c in url for c in "*?["):
                 found = sorted(glob.glob(url))
                 if not found:
-                    raise FileNotFoundError(f"no shard matches {url!r}")
+                    raise UsageError(f"no shard matches {url!r}")
                 urls.extend(found)
             elif not remote and not os.path.exists(url):
-                raise FileNotFoundError(f"shard {url!r} does not exist")
+                raise UsageError(f"shard {url!r} does not exist (pattern {s!r})")
             else:
                 urls.append(url)
     if not urls:
-        raise ValueError(f"no shards in {spec!r}")
+        raise UsageError(f"no shards in {spec!r}")
     return urls

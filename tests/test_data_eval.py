@@ -16,6 +16,7 @@ from salt.data import eval_loader
 from salt.data.decode import HAVE_DECORD
 from salt.data.sampling import segment_indices
 from salt.data.stats import sum_counts
+from salt.errors import UsageError
 
 CLIP = {"frames_per_clip": 8, "frame_step": 2, "crop_size": 16}
 
@@ -100,8 +101,10 @@ def test_missing_label_is_skipped_for_evaluation(tmp_path) -> None:
 
 
 def test_missing_shard_is_a_clear_error(tmp_path) -> None:
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(UsageError, match="does not exist"):
         eval_loader(str(tmp_path / "nope-000000.tar"), **CLIP)
+    with pytest.raises(UsageError, match="no shard matches .*nope-\\*"):
+        eval_loader(str(tmp_path / "nope-*.tar"), **CLIP)
 
 
 @pytest.mark.parametrize("decoder", ["pyav"] + (["decord"] if HAVE_DECORD else []))

@@ -41,15 +41,18 @@ class ProbeConfig:
     # final-normed), joined along the token axis (V-JEPA 2) or the channel axis
     feature_layers: list[int] | None = None
     layer_concat: str = "tokens"
-    # train-time augmentation (online mode): one sampled view per clip
+    # train-time augmentation (online mode; salt.data.TrainAugment): one sampled view per clip
     crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
     crop_aspect: list[float] = field(default_factory=lambda: [0.75, 4 / 3])
     flip_prob: float = 0.0
-    rand_augment: str | None = "rand-m7-n4-mstd0.5-inc1"
-    random_erasing: float = 0.25
-    # data pipeline
+    rand_augment: bool = True  # V-JEPA 2: rand-m7-n4 (4 ops at magnitude 7 of 10)
+    rand_augment_ops: int = 4
+    rand_augment_magnitude: int = 7
+    random_erasing: float = 0.25  # probability of one erased box
+    # data pipeline and encoder
     num_workers: int = 4
     decoder: str = "auto"
+    compile_encoder: bool = False  # torch.compile the frozen encoder (online mode, CUDA)
     extract_batch_size: int = 8  # cached mode: videos per encoder batch (each brings S·V clips)
     feature_cache: str | None = None  # cached mode: directory; None = no on-disk cache
     max_feature_gb: float = 64.0  # cached mode: features live in host memory; stop clearly beyond

@@ -207,20 +207,18 @@ def evaluate_encoder(
             raise UsageError("--mode cached runs in one process; use --mode online on several GPUs")
         kw = dict(encoder_id=encoder_id, mean=mean, std=std, device=dist.device, log=log)
         source, num_train = _cached_source(encoder, cfg, train_shards, val_shards, kw, dist.device)
-        num_fit = source.num_fit
     else:
         from salt.probes.online import OnlineSource
 
         source = OnlineSource(
             encoder, cfg, train_shards, val_shards, num_classes, dist=dist, mean=mean, std=std
         )
-        num_train, num_fit = -1, -1  # filled from the passes below
+        num_train = -1  # the fit part + the held-out part, known after the run
     loop = Loop(source, cfg, specs, num_classes, dist=dist, store=store, log=log,
                 on_epoch=on_epoch, on_step=on_step)  # fmt: skip
     st = loop.run()
+    num_fit = source.num_fit
     if mode == "online":
-        fit_clips = [h["clips"] for h in st["history"] if h["phase"] == "select"]
-        num_fit = fit_clips[-1] if fit_clips else 0
         num_train = num_fit + st["num_heldout"]
     return _result(st, mode, num_train, num_fit)
 

@@ -86,9 +86,11 @@ class Dist:
 def _environment():
     from lightning_fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
 
+    from salt.resume import in_slurm_task
+
     if TorchElasticEnvironment.detect():
         return TorchElasticEnvironment(), "torchrun"
-    if SLURMEnvironment.detect():
+    if in_slurm_task() and SLURMEnvironment.detect():  # (detect() warns outside srun tasks)
         return SLURMEnvironment(auto_requeue=False), "slurm"
     return None, "single"
 

@@ -75,7 +75,9 @@ def autocast(device: torch.device):
 def per_head_ce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy per head: logits [g, b, C], y [b] -> [g] (float32)."""
     g, b, _ = logits.shape
-    loss = F.cross_entropy(logits.float().permute(1, 2, 0), y[:, None].expand(b, g), reduction="none")
+    loss = F.cross_entropy(
+        logits.float().permute(1, 2, 0), y[:, None].expand(b, g), reduction="none"
+    )
     return loss.mean(0)  # [g]
 
 

@@ -277,7 +277,9 @@ class Loop:
 
     def _validate(self, grid: ProbeGrid, st: dict) -> dict:
         """The one read of the validation labels for a head already chosen."""
-        keys, probs, labels = predict_split(grid, self.source.eval_batches("val"), self.dist, self.cfg)
+        keys, probs, labels = predict_split(
+            grid, self.source.eval_batches("val"), self.dist, self.cfg
+        )
         self._counts(st, "val")
         st["num_val"] = len(keys)
         if not self.score_val:  # predictions only (the caller scores them)
@@ -296,7 +298,9 @@ class Loop:
             "phase": "select", "epoch": 0, "grid": None, "train_loss": {}, "history": [],
             "rungs": [], "grid_scores": {}, "counts": {}, "best_heldout": None,
         }  # fmt: skip
-        if st["phase"] != "select" or st["epoch"]:
+        if st["phase"] == "done":
+            self.log(f"[probe] finished before (state in {self.store.dir}); --no-resume reruns it")
+        elif st["phase"] != "select" or st["epoch"]:
             self.log(f"[probe] resuming: {st['phase']} after epoch {st['epoch']}")
         self.stop.install()
         try:

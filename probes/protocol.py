@@ -89,7 +89,7 @@ def random_like(encoder: nn.Module, seed: int = 0) -> nn.Module:
 
 
 def resolve_mode(cfg: ProbeConfig, device: torch.device) -> str:
-    """"auto" → online on CUDA, cached on CPU."""
+    """ "auto" → online on CUDA, cached on CPU."""
     if cfg.mode != "auto":
         return cfg.mode
     return "online" if device.type == "cuda" else "cached"

@@ -75,7 +75,9 @@ def _heads_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch
     return F.scaled_dot_product_attention(q, k, v)
 
 
-def _self_block(x: torch.Tensor, p: dict[str, torch.Tensor], B: int, num_heads: int) -> torch.Tensor:
+def _self_block(
+    x: torch.Tensor, p: dict[str, torch.Tensor], B: int, num_heads: int
+) -> torch.Tensor:
     """Pre-norm self-attention block of g heads; x [g, B·N, D] or shared [B·N, D] -> [g, B·N, D]."""
     g, D = p["qkv_w"].shape[0], p["qkv_w"].shape[-1]
     M = x.shape[-2]
@@ -157,7 +159,9 @@ class StackedAttentive(nn.Module):
         self.num_probes = int(params["query"].shape[0])
 
     @classmethod
-    def from_probes(cls, probes: Sequence[AttentiveProbe], checkpoint: bool = False) -> StackedAttentive:
+    def from_probes(
+        cls, probes: Sequence[AttentiveProbe], checkpoint: bool = False
+    ) -> StackedAttentive:
         """Stack the weights of per-head modules (all of the same shape)."""
         first = probes[0]
         states = [p.state_dict() for p in probes]

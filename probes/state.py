@@ -120,7 +120,7 @@ class Interrupted(Exception):
 
     def __init__(self, phase: str, epoch: int, requeued: bool):
         super().__init__(
-            f"stopped on signal during {phase} epoch {epoch + 1}; resumes after epoch {epoch}"
+            f"stopped on the signal in the {phase} phase; it resumes after epoch {epoch}"
             + (" (job requeued)" if requeued else ": rerun the same command to continue")
         )
         self.phase, self.epoch, self.requeued = phase, epoch, requeued

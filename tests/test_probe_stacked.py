@@ -123,7 +123,7 @@ def test_pruned_grid_continues_exactly_as_the_full_grid():
     halved.prune(keep)
     assert halved.names == keep
     gen = torch.Generator().manual_seed(7)
-    for s in range(3):  # both continue on the same batches; the survivors must not notice
+    for _ in range(3):  # both continue on the same batches; the survivors must not notice
         x, y = torch.randn(6, 8, 32, generator=gen), torch.randint(0, 5, (6,), generator=gen)
         full.train_step(x, y, 0.5)
         halved.train_step(x, y, 0.5)

@@ -127,7 +127,6 @@ def measure(model: str, batch: int, micro: int, ckpt: bool, a: argparse.Namespac
     row["enc_share"] = row["train_g"] / row["enc"]
     for gpus in (8, 64):
         row[f"proj{gpus}"] = project(row, len(specs), gpus)
-    del grid, one, enc
     return row
 
 

@@ -41,7 +41,7 @@ EXIT_STOPPED = 75  # EX_TEMPFAIL: stopped on the signal, state saved; rerun to c
 # settings that change speed or memory but not the result (left out of the protocol tag)
 _NOT_PROTOCOL = ("feature_cache", "num_workers", "max_feature_gb", "extract_batch_size",
                  "micro_batch", "head_chunk", "head_checkpoint", "val_batch_size",
-                 "progress_every_s", "compile_encoder", "mode", "decoder")  # fmt: skip
+                 "progress_every_s", "compile_encoder", "decoder")  # fmt: skip
 
 
 def _bool(s: str) -> bool:
@@ -225,7 +225,10 @@ def _run(args, cfg, dist, file_sha256, load_encoder) -> dict[str, Any]:
     mean, std = meta.get("mean"), meta.get("std")
     ckpt = str(Path(args.ckpt).resolve())
     enc_id = file_sha256(ckpt) if cfg.feature_cache else None
-    tag = protocol_tag(cfg, args.config, args.num_classes, args.train, args.val)
+    from salt.probes.protocol import resolve_mode
+
+    resolved = ProbeConfig(**{**cfg.to_dict(), "mode": resolve_mode(cfg, dist.device)})
+    tag = protocol_tag(resolved, args.config, args.num_classes, args.train, args.val)
     run_key = f"{tag}-{checkpoint_identity(ckpt)}"
     state_dir = Path(
         args.state_dir or Path(ckpt).parent / "probe-state" / f"{Path(ckpt).stem}-{run_key}"

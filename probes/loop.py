@@ -71,10 +71,10 @@ def oom_guard(what: str, cfg: ProbeConfig):
         if not isinstance(err, torch.OutOfMemoryError) and "can't allocate memory" not in str(err):
             raise
         raise UsageError(
-            f"out of memory in the {what} at batch_size={cfg.batch_size} (per rank), "
-            f"val_batch_size={cfg.val_batch_size}, head_chunk={cfg.head_chunk}, "
-            f"head_checkpoint={cfg.head_checkpoint}: lower --batch-size / --val-batch-size or "
-            "--head-chunk, or set --head-checkpoint 1"
+            f"out of memory in the {what} at batch_size={cfg.batch_size} (global), "
+            f"micro_batch={cfg.micro_batch}, val_batch_size={cfg.val_batch_size}, "
+            f"head_chunk={cfg.head_chunk}, head_checkpoint={cfg.head_checkpoint}: set a smaller "
+            "--micro-batch, --val-batch-size or --head-chunk, or --head-checkpoint 1"
         ) from err
 
 
@@ -89,14 +89,14 @@ def score_heads(
     G, dev = len(grid), grid.device
     correct, nll = torch.zeros(G, device=dev), torch.zeros(G, device=dev)
     n = torch.zeros(1, device=dev)
-    for x, y, _ in batches:
-        y = y.to(dev)
-        with oom_guard("held-out pass", cfg):
+    with oom_guard("held-out pass (encoder and heads)", cfg):
+        for x, y, _ in batches:
+            y = y.to(dev)
             probs = grid.view_probs(x)  # [G, b, C]
-        correct += (probs.argmax(-1) == y).sum(1)
-        p_true = probs.gather(-1, y.expand(G, -1)[..., None]).squeeze(-1)  # [G, b]
-        nll -= p_true.clamp_min(1e-12).log().sum(1)
-        n += len(y)
+            correct += (probs.argmax(-1) == y).sum(1)
+            p_true = probs.gather(-1, y.expand(G, -1)[..., None]).squeeze(-1)  # [G, b]
+            nll -= p_true.clamp_min(1e-12).log().sum(1)
+            n += len(y)
     tot = dist.sum_tensor(torch.cat([correct, nll, n])).cpu()
     count = int(tot[-1])
     if stats is not None:
@@ -118,11 +118,11 @@ def predict_split(
         contributed, in loader order for one process.
     """
     keys, probs, labels = [], [], []
-    for x, y, k in batches:
-        with oom_guard("validation pass", cfg):
+    with oom_guard("validation pass (encoder and head)", cfg):
+        for x, y, k in batches:
             probs.append(grid.view_probs(x)[0].cpu())  # [b, C]
-        labels.append(y.cpu())
-        keys += list(k)
+            labels.append(y.cpu())
+            keys += list(k)
     local = (keys, torch.cat(probs) if probs else None, torch.cat(labels) if labels else None)
     parts = [p for p in dist.gather(local) if p[1] is not None]
     if not parts:
@@ -216,11 +216,15 @@ class Loop:
         for epoch in range(st["epoch"], c.epochs):
             G, t0, done = len(grid), time.perf_counter(), 0
             loss_sum = torch.zeros(G, device=grid.device)
-            for i, (x, y) in enumerate(self.source.train_batches(epoch, full)):
-                if i >= spe:
-                    raise RuntimeError(f"rank {self.dist.rank}: more than {spe} training batches")
-                step = epoch * spe + i
-                with oom_guard("training step", c):
+            batches = self.source.train_batches(epoch, full)
+            for i in range(spe + 1):
+                with oom_guard("training step (encoder and heads)", c):
+                    x, y = next(batches, (None, None))
+                    if x is None:
+                        break
+                    if i >= spe:
+                        raise RuntimeError(f"rank {self.dist.rank}: more than {spe} batches")
+                    step = epoch * spe + i
                     loss_sum += grid.train_step(x, y, lr_factor(step, total, warmup)) * len(y)
                 done += len(y)
                 if self.on_step is not None:

@@ -146,3 +146,16 @@ def test_micro_batches_and_head_chunks_give_the_same_step():
     c.load_grid_state(state)
     torch.testing.assert_close(c.logits(x), b.logits(x))
     assert c.opts["attentive"].step_count == 2
+
+
+def test_out_of_memory_is_a_usage_error_naming_the_settings():
+    from salt.probes.config import load_config
+    from salt.probes.loop import oom_guard
+
+    cfg = load_config(None, {"batch_size": 64, "head_chunk": 5})
+    match = r"batch_size=64.*head_chunk=5.*--micro-batch"
+    with pytest.raises(ValueError, match=match) as err, oom_guard("training step", cfg):
+        torch.empty(2**50, dtype=torch.uint8)  # a real allocation failure (CPU allocator)
+    assert type(err.value).__name__ == "UsageError"
+    with pytest.raises(RuntimeError, match="other"), oom_guard("training step", cfg):
+        raise RuntimeError("other")  # anything else keeps its traceback

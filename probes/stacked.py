@@ -46,10 +46,10 @@ def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     Returns:
         [g, M, O].
     """
-    if x.dim() == 2:  # shared input: one GEMM [M, I] @ [I, g·O]
+    if x.dim() == 2:  # shared input: one GEMM [M, I] @ [I, g·O] (bias inside: bf16 under autocast)
         g, o, i = w.shape
-        y = x @ w.reshape(g * o, i).t()  # [M, g·O]
-        return y.view(x.shape[0], g, o).transpose(0, 1) + b[:, None, :]
+        y = torch.addmm(b.reshape(g * o), x, w.reshape(g * o, i).t())  # [M, g·O]
+        return y.view(x.shape[0], g, o).transpose(0, 1)
     return torch.baddbmm(b[:, None, :], x, w.transpose(1, 2))
 
 
@@ -66,7 +66,8 @@ def norm_linear(
     """
     xn = F.layer_norm(x, x.shape[-1:], eps=_EPS)  # affine folded below
     w_eff = w * ln_w[:, None, :]  # [g, O, I]
-    b_eff = b + torch.bmm(w, ln_b[:, :, None]).squeeze(-1)  # [g, O]
+    with torch.autocast(w.device.type, enabled=False):  # the folded bias stays fp32
+        b_eff = b + torch.bmm(w, ln_b[:, :, None]).squeeze(-1)  # [g, O]
     return linear(xn, w_eff, b_eff)
 
 

@@ -1,6 +1,6 @@
 """A live probe during training: every N steps, a quick probe on the current encoder.
 
-SPEC.md "Model selection": the student's loss predicts its frozen accuracy. `LiveProbe` makes
+SALT's model-selection claim: the student's loss predicts its frozen accuracy. `LiveProbe` makes
 that visible while a run is live — every `every_n_steps` optimizer steps it encodes a small
 labelled set with the module's current encoder (frozen for the moment: eval mode, no grad), trains
 one quick head (linear, or a tiny attentive probe) for a few epochs and logs `probe/live_top1` to

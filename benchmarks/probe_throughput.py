@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from perf import device_info, is_oom, peak_memory_gib, reset_peak_memory, time_steps  # noqa: E402
 
 from salt.models import create_encoder  # noqa: E402
-from salt.probes.features import encode_clips  # noqa: E402
+from salt.probes.features import compile_encoder, encode_clips  # noqa: E402
 from salt.probes.grid import ProbeGrid, make_grid  # noqa: E402
 
 SSV2 = {"train": 168_913, "val": 24_777, "classes": 174, "epochs": 20, "heldout": 0.15}
@@ -93,7 +93,7 @@ def measure(model: str, batch: int, micro: int, ckpt: bool, a: argparse.Namespac
         enc = create_encoder(model, img_size=a.crop, num_frames=a.frames).eval()
     enc.requires_grad_(False)
     if a.compile:
-        enc = torch.compile(enc)
+        compile_encoder(enc)
     S, T, H = a.segments, a.frames, a.crop
     g = torch.Generator(device=dev).manual_seed(0)
     video = torch.randint(

@@ -82,6 +82,14 @@ def encode_tokens(
     return torch.cat(outs, dim=1 if concat == "tokens" else -1)
 
 
+def compile_encoder(encoder: nn.Module) -> nn.Module:
+    """Compile the entry points `encode_tokens` calls (`torch.compile(module)` would compile only
+    `forward`, which the probe does not use); the module is changed in place and returned."""
+    encoder.forward_features = torch.compile(encoder.forward_features)
+    encoder.forward_intermediates = torch.compile(encoder.forward_intermediates)
+    return encoder
+
+
 def feature_dim(encoder: nn.Module, layers: Sequence[int] | None, concat: str) -> int:
     """Width of the tokens `encode_tokens` returns."""
     k = len(layers) if layers and concat == "channels" else 1

@@ -28,7 +28,7 @@ from salt.data.stats import sum_counts
 from salt.errors import UsageError
 from salt.probes.config import ProbeConfig
 from salt.probes.dist import Dist
-from salt.probes.features import encode_clips, feature_dim
+from salt.probes.features import compile_encoder, encode_clips, feature_dim
 
 
 def check_splits(train: str | Sequence[str], val: str | Sequence[str], num_classes: int) -> None:
@@ -80,7 +80,7 @@ class OnlineSource:
         self.embed_dim = feature_dim(encoder, cfg.feature_layers, cfg.layer_concat)
         self._encode = encode_clips
         if cfg.compile_encoder and dist.device.type == "cuda":
-            self.encoder = torch.compile(self.encoder)
+            compile_encoder(self.encoder)
         self._loaders: dict[bool, object] = {}
         self._counts: Counter = Counter()
 

@@ -105,7 +105,9 @@ def eval_loader(
         split=split, heldout_fraction=heldout_fraction, heldout_seed=heldout_seed,
         num_classes=num_classes,
     )  # fmt: skip
-    return make_loader(stream, num_workers, pin_memory, prefetch_factor)
+    loader = make_loader(stream, num_workers, pin_memory, prefetch_factor)
+    loader.lookahead = True  # trailing skips reach the caller inside the last batch
+    return loader
 
 
 class VideoDataModule(pl.LightningDataModule):

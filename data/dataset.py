@@ -36,7 +36,7 @@ import webdataset as wds
 from torch.utils.data import IterableDataset, get_worker_info
 
 from salt.data.decode import decode_clip
-from salt.data.loader import ERROR_KEY
+from salt.data.loader import COUNTS_KEY, ERROR_KEY
 from salt.data.samples import parse_sample
 from salt.data.sampling import clip_step, segment_indices, train_indices
 from salt.data.sources import CsvRow, Split, VideoSource, check_label, in_split, row_samples
@@ -337,6 +337,8 @@ class EvalClipStream(IterableDataset):
                 videos, labels, keys = [], [], []
         if videos:
             yield self._batch(videos, labels, keys, counts)
+        elif any(counts.values()):  # skips after the last batch: folded in by the loader
+            yield {COUNTS_KEY: {k: v for k, v in counts.items() if v}}
 
     @staticmethod
     def _batch(videos: list, labels: list, keys: list, counts: Counter) -> dict:

@@ -35,8 +35,8 @@ import torch
 import webdataset as wds
 from torch.utils.data import IterableDataset, get_worker_info
 
-from salt.data.decode import decode_clip
-from salt.data.loader import ERROR_KEY
+from salt.data.decode import DEFAULT_DECODE_TIMEOUT, decode_clip
+from salt.data.loader import COUNTS_KEY, ERROR_KEY
 from salt.data.samples import parse_sample
 from salt.data.sampling import clip_step, segment_indices, train_indices
 from salt.data.sources import CsvRow, Split, VideoSource, check_label, in_split, row_samples
@@ -65,6 +65,7 @@ class ClipConfig:
     num_segments: int = 1
     num_views: int = 1
     eval_short_side: int | None = None
+    decode_timeout: float | None = DEFAULT_DECODE_TIMEOUT
 
 
 def derive_seed(*parts: int) -> int:
@@ -142,7 +143,7 @@ def shuffle_samples(samples: Iterator[dict], size: int, rng: random.Random) -> I
 def _train_clip(
     sample: dict, cfg: ClipConfig, rng: random.Random, counts: Counter
 ) -> tuple[torch.Tensor, int]:
-    data, label = parse_sample(sample)
+    data, label, num_frames = parse_sample(sample)
     padded = False
 
     def choose(n: int, fps: float) -> list[int]:
@@ -151,7 +152,9 @@ def _train_clip(
         idx, padded = train_indices(n, cfg.frames_per_clip, step, rng, cfg.short_video)
         return idx
 
-    clip = decode_clip(data, choose, cfg.decoder, cfg.decoder_threads)
+    clip = decode_clip(
+        data, choose, cfg.decoder, cfg.decoder_threads, num_frames, cfg.decode_timeout
+    )
     counts["padded"] += int(padded)
     counts["decoder_fallback"] += int(clip.fallback)
     video = train_transform(clip.frames, cfg.crop_size, rng, cfg.scale, cfg.ratio, cfg.flip_prob)
@@ -294,7 +297,7 @@ class EvalClipStream(IterableDataset):
 
     def _clip(self, sample: dict, counts: Counter) -> tuple[torch.Tensor, int]:
         cfg = self.cfg
-        data, label = parse_sample(sample, require_label=self.require_label)
+        data, label, num_frames = parse_sample(sample, require_label=self.require_label)
         check_label(label if label >= 0 else None, self.num_classes, sample_where(sample))
         padded = False
 
@@ -306,7 +309,9 @@ class EvalClipStream(IterableDataset):
             )
             return [i for seg in segs for i in seg]
 
-        clip = decode_clip(data, choose, cfg.decoder, cfg.decoder_threads)
+        clip = decode_clip(
+            data, choose, cfg.decoder, cfg.decoder_threads, num_frames, cfg.decode_timeout
+        )
         counts["padded"] += int(padded)
         counts["decoder_fallback"] += int(clip.fallback)
         video = eval_transform(
@@ -337,6 +342,8 @@ class EvalClipStream(IterableDataset):
                 videos, labels, keys = [], [], []
         if videos:
             yield self._batch(videos, labels, keys, counts)
+        elif any(counts.values()):  # skips after the last batch: folded in by the loader
+            yield {COUNTS_KEY: {k: v for k, v in counts.items() if v}}
 
     @staticmethod
     def _batch(videos: list, labels: list, keys: list, counts: Counter) -> dict:

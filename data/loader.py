@@ -7,6 +7,8 @@ Three things a plain ``torch.utils.data.DataLoader`` does not do for us:
   marker batch ``{ERROR_KEY: message}`` instead of raising: torch would re-raise the worker's
   exception with the worker's traceback pasted into its message, and the CLIs print a
   ``UsageError`` as one line. The iterator here turns the marker back into that ``UsageError``.
+* Skips a worker counts after its last batch travel in a counts-only batch, folded into a real
+  batch here (``lookahead``), so evaluation totals are exact.
 * ``timeout``: a worker that returns no batch within it (dead, or stuck in a C call) becomes a
   ``RuntimeError`` naming the loader, the rank, the epoch and how many batches had arrived, not a
   silent hang. Per-sample decode hangs are handled earlier, in the worker (``salt.data.decode``).
@@ -25,6 +27,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from salt.errors import UsageError
 
 ERROR_KEY = "__usage_error__"
+COUNTS_KEY = "__counts_only__"
 DEFAULT_LOADER_TIMEOUT = 1800.0  # s without any batch from the workers; 0 = wait forever
 
 
@@ -41,17 +44,30 @@ def loader_kwargs(
 
 
 class _CheckedIter:
-    """Wraps a DataLoader iterator: marker batches -> UsageError, worker timeout -> named error."""
+    """Wraps a DataLoader iterator: marker batches -> UsageError, worker timeout -> named error.
+
+    With ``lookahead`` (evaluation streams) it also folds counts-only batches (``COUNTS_KEY``: the
+    skips a worker met after its last batch, or a worker whose samples were all bad) into a real
+    batch: it hands out batch k once batch k+1 (or the end) has arrived, so the skips that come
+    after the last batch still reach the caller inside it.
+    """
 
     def __init__(self, loader: SaltDataLoader, it: Iterator) -> None:
         self._loader, self._it, self._n = loader, it, 0
+        self._lookahead = loader.lookahead
+        self._held: dict | None = None
+        self._early: dict[str, int] = {}  # counts that arrived before any real batch
+        self._done = False
 
     def __iter__(self) -> _CheckedIter:
         return self
 
-    def __next__(self) -> Any:
+    def _pull(self) -> Any:
+        """The next batch from the workers (None at the end), errors translated."""
         try:
             batch = next(self._it)
+        except StopIteration:
+            return None
         except RuntimeError as err:
             if "timed out" not in str(err):
                 raise
@@ -63,14 +79,48 @@ class _CheckedIter:
             ) from err
         if isinstance(batch, dict) and ERROR_KEY in batch:
             raise UsageError(batch[ERROR_KEY])
-        self._n += 1
         return batch
+
+    def __next__(self) -> Any:
+        if not self._lookahead:
+            batch = self._pull()
+            if batch is None:
+                raise StopIteration
+            self._n += 1
+            return batch
+        if self._done:
+            raise StopIteration
+        while True:
+            batch = self._pull()
+            if batch is None:
+                self._done = True
+                out, self._held = self._held, None
+                if out is None:  # no real batch at all: keep what was counted for the caller
+                    self._loader.orphan_counts = dict(self._early)
+                    raise StopIteration
+                break
+            if COUNTS_KEY in batch:
+                _add(self._held["data_counts"] if self._held else self._early, batch[COUNTS_KEY])
+                continue
+            out, self._held = self._held, batch
+            if out is not None:
+                break
+        if self._early:
+            _add(out["data_counts"], self._early)
+            self._early = {}
+        self._n += 1
+        return out
 
     def __len__(self) -> int:
         return len(self._it)
 
     def __getattr__(self, name: str) -> Any:  # e.g. Lightning asking the torch iterator
         return getattr(self._it, name)
+
+
+def _add(into: dict[str, int], counts: dict[str, int]) -> None:
+    for k, v in counts.items():
+        into[k] = into.get(k, 0) + int(v)
 
 
 class SaltDataLoader(DataLoader):
@@ -80,6 +130,8 @@ class SaltDataLoader(DataLoader):
     """
 
     on_iter: Callable[[], None] | None = None
+    lookahead: bool = False  # fold counts-only batches into real ones (see _CheckedIter)
+    orphan_counts: dict[str, int] | None = None  # counted in an iteration that had no batch
 
     def describe(self) -> str:
         fn = getattr(self.dataset, "describe", None)

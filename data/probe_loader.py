@@ -46,7 +46,7 @@ from salt.data.dataset import (
     shuffle_samples,
     worker_slot,
 )
-from salt.data.decode import decode_clip
+from salt.data.decode import DEFAULT_DECODE_TIMEOUT, decode_clip
 from salt.data.loader import DEFAULT_LOADER_TIMEOUT, ERROR_KEY, SaltDataLoader, loader_kwargs
 from salt.data.samples import parse_sample
 from salt.data.sampling import clip_step, train_segment_indices
@@ -174,7 +174,7 @@ class ProbeTrainStream(IterableDataset):
     # ------------------------------------------------------------------ clips
     def _clip(self, sample: dict, rng: random.Random, augment: SegmentAugmenter, counts: Counter):
         cfg = self.cfg
-        data, label = parse_sample(sample, require_label=True)
+        data, label, num_frames = parse_sample(sample, require_label=True)
         check_label(label, self.num_classes, sample_where(sample))
 
         def choose(n: int, fps: float) -> list[int]:
@@ -185,7 +185,9 @@ class ProbeTrainStream(IterableDataset):
             counts["padded"] += int(padded)
             return [i for seg in segs for i in seg]
 
-        clip = decode_clip(data, choose, cfg.decoder, cfg.decoder_threads)
+        clip = decode_clip(
+            data, choose, cfg.decoder, cfg.decoder_threads, num_frames, cfg.decode_timeout
+        )
         counts["decoder_fallback"] += int(clip.fallback)
         return augment(clip.frames, cfg.num_segments, rng), label  # [S, C, T, crop, crop]
 
@@ -273,6 +275,8 @@ def probe_train_loader(
     pin_memory: bool = False,
     prefetch_factor: int = 2,
     timeout: float | None = DEFAULT_LOADER_TIMEOUT,
+    decode_timeout: float | None = DEFAULT_DECODE_TIMEOUT,
+    allow_pipe: bool = False,
 ) -> ProbeTrainLoader:
     """The online probe's training loader (see the module docstring).
 
@@ -297,6 +301,8 @@ def probe_train_loader(
         pin_memory: pin batches when CUDA is available.
         prefetch_factor: batches prefetched per worker.
         timeout: seconds without a batch from the workers before a named error (0 = none).
+        decode_timeout: seconds one decode may take before the sample is skipped and counted.
+        allow_pipe: accept ``pipe:`` shard URLs (they run shell commands).
 
     Raises:
         UsageError: (before any worker starts) missing CSV, a pattern matching nothing, an empty
@@ -305,7 +311,7 @@ def probe_train_loader(
     check_split(split, heldout_fraction)
     if batch_size < 1:
         raise UsageError(f"batch_size must be >= 1, got {batch_size}")
-    src = resolve_source(source, num_classes=num_classes, allow_pipe=True)
+    src = resolve_source(source, num_classes=num_classes, allow_pipe=allow_pipe)
     n = (
         count_samples(src, split, heldout_fraction, heldout_seed)
         if num_samples is None
@@ -322,6 +328,7 @@ def probe_train_loader(
         short_video=short_video,
         decoder=decoder,
         num_segments=num_segments,
+        decode_timeout=decode_timeout,
     )
     steps = math.ceil(n / (world_size * batch_size))
     stream = ProbeTrainStream(

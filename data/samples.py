@@ -10,6 +10,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+from typing import NamedTuple
 
 from webdataset.shardlists import expand_urls
 
@@ -19,14 +20,27 @@ from salt.errors import UsageError
 VIDEO_EXTS = ("mp4", "webm", "mkv", "avi", "mov", "m4v", "mpg", "mpeg", "ogv", "flv", "wmv", "ts")
 
 
-def parse_sample(sample: dict, require_label: bool = False) -> tuple[bytes, int]:
-    """(video bytes, label) of a raw WebDataset sample; label -1 when absent and allowed."""
+class ParsedSample(NamedTuple):
+    """A raw sample's video bytes, label (-1 = none) and true frame count from its metadata."""
+
+    data: bytes
+    label: int
+    num_frames: int | None
+
+
+def parse_sample(sample: dict, require_label: bool = False) -> ParsedSample:
+    """(video bytes, label, num_frames) of a raw WebDataset sample.
+
+    ``label`` is -1 when absent and allowed. ``num_frames`` is the ``.json``'s ``num_frames``
+    (``salt-shards`` stores the count it decoded) when it is a positive integer, else None; the
+    decoder trusts it over a container header that claims more frames.
+    """
     video = next((sample[e] for e in VIDEO_EXTS if e in sample), None)
     if video is None:
         raise SkipSample("missing_key", f"{sample.get('__key__')}: no video entry")
     if not isinstance(video, bytes | bytearray | memoryview):
         raise SkipSample("bad_meta", f"video entry is {type(video).__name__}")
-    label = None
+    label, num_frames = None, None
     if "json" in sample:
         try:
             meta = json.loads(sample["json"])
@@ -35,16 +49,19 @@ def parse_sample(sample: dict, require_label: bool = False) -> tuple[bytes, int]
         if not isinstance(meta, dict):
             raise SkipSample("bad_meta", f"json is {type(meta).__name__}, not an object")
         label = meta.get("label")
+        n = meta.get("num_frames")
+        if isinstance(n, int) and not isinstance(n, bool) and n > 0:
+            num_frames = n
     elif "cls" in sample:  # webdataset convention: integer as text
         label = sample["cls"].decode(errors="replace").strip()
     if label is None:
         if require_label:
             raise SkipSample("missing_label")
-        return bytes(video), -1
+        return ParsedSample(bytes(video), -1, num_frames)
     if isinstance(label, bool) or not isinstance(label, int | str):
         raise SkipSample("bad_meta", f"label {label!r} is not an integer")
     try:
-        return bytes(video), int(label)
+        return ParsedSample(bytes(video), int(label), num_frames)
     except ValueError as err:
         raise SkipSample("bad_meta", f"label {label!r} is not an integer") from err
 

@@ -26,7 +26,7 @@ import av
 import webdataset as wds
 from tqdm import tqdm
 
-from salt.data.decode import decode_clip
+from salt.data.decode import DEFAULT_DECODE_TIMEOUT, decode_clip
 from salt.data.encode import H264Writer
 from salt.data.samples import VIDEO_EXTS, expand_shards, parse_sample
 from salt.data.sources import read_csv_rows
@@ -202,10 +202,12 @@ def inspect_shards(spec: str, decode: bool = False, decoder: str = "auto") -> di
         per_shard[url] += 1
         counts["samples"] += 1
         try:
-            data, label = parse_sample(sample)
+            data, label, _ = parse_sample(sample)
             labels[label] += 1
-            if decode:
-                decode_clip(data, lambda n, fps: [0, n - 1], backend=decoder)
+            if decode:  # the header's count on purpose: a file that over-reports it is a problem
+                decode_clip(
+                    data, lambda n, fps: [0, n - 1], backend=decoder, timeout=DEFAULT_DECODE_TIMEOUT
+                )
                 counts["decoded"] += 1
         except SkipSample as skip:
             counts[f"skipped_{skip.reason}"] += 1

@@ -116,3 +116,32 @@ def test_each_segment_gets_its_own_frames_in_order(tmp_path, decoder: str) -> No
     segs, _ = segment_indices(40, 8, 4, num_segments=2)
     got = [frame_numbers(batch["video"][0, s, 0]) for s in range(2)]  # [C, T, H, W] each
     assert got == segs
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_skips_after_the_last_batch_and_all_bad_workers_are_still_counted(
+    tmp_path, num_workers: int
+) -> None:
+    good, bad = index_video(20), b"not a video"
+    # shard 0: 2 good then 2 bad (the skips come after the last full batch of 2);
+    # shard 1: only bad samples (with 2 workers, one worker never fills a batch)
+    write_tar(
+        tmp_path / "p-000000.tar",
+        [video_sample(f"a{i}", good if i < 2 else bad, 0) for i in range(4)],
+    )
+    write_tar(tmp_path / "p-000001.tar", [video_sample(f"b{i}", bad, 0) for i in range(3)])
+    keys, _, counts, _ = collect(str(tmp_path / "p-{000000..000001}.tar"), num_workers=num_workers)
+    assert sorted(keys) == ["a0", "a1"] and counts == {"skipped_undecodable": 5}
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_label_outside_num_classes_names_the_shard_and_sample(tmp_path, num_workers) -> None:
+    spec = write_tar(
+        tmp_path / "lab-000000.tar",
+        [video_sample("ok", index_video(12), 1), video_sample("odd", index_video(12), 9)],
+    )
+    with pytest.raises(
+        UsageError, match=r"lab-000000.tar: sample 'odd': label 9 is outside \[0, 5\)"
+    ):
+        collect(spec, num_classes=5, num_workers=num_workers)
+    assert collect(spec, num_classes=10)[1] == [1, 9]

@@ -38,7 +38,7 @@ def check_splits(train: str | Sequence[str], val: str | Sequence[str], num_class
 
     for name, spec in (("--train", train), ("--val", val)):
         try:
-            resolve_source(spec, num_classes=num_classes, allow_pipe=True)
+            resolve_source(spec, num_classes=num_classes)
         except FileNotFoundError as err:
             raise UsageError(f"{name}: {err}") from err
         except UsageError as err:
@@ -93,7 +93,7 @@ class OnlineSource:
             split = "all" if full else "fit"
             n = None
             if d.active:  # one rank counts (tar headers / CSV rows), the others are told
-                n = d.gather(count_samples(resolve_source(self.train, allow_pipe=True), split,
+                n = d.gather(count_samples(resolve_source(self.train), split,
                                            c.heldout_fraction, c.seed) if d.is_main else None)[0]  # fmt: skip
             aug = TrainAugment(
                 crop_size=c.crop_size, scale=tuple(c.crop_scale), aspect=tuple(c.crop_aspect),

@@ -1,9 +1,11 @@
-"""salt.data: video shards, decoding, clip sampling, transforms and the streaming DataModule.
+"""salt.data: video shards and CSV video lists, decoding, clip sampling, transforms, loaders.
 
 Public API (the contract in docs/architecture.md):
-``VideoDataModule``, ``eval_loader``, ``transforms.normalize``, ``IMAGENET_MEAN``/``IMAGENET_STD``,
-``synthetic.write_synthetic_shards``; the ``salt-shards`` CLI lives in ``shards_cli``.
-``VideoDataModule``/``eval_loader`` are imported on first use, so tools that only write or read
+``VideoDataModule`` (``salt fit``), ``eval_loader`` (every sample once), ``probe_train_loader`` +
+``TrainAugment`` (the online probe's training stream), ``resolve_source`` / ``count_samples`` /
+``in_split`` (specs, cheap counts, the held-out slice), ``transforms.normalize``,
+``IMAGENET_MEAN``/``IMAGENET_STD``, ``synthetic.write_synthetic_shards``; the ``salt-shards`` CLI
+lives in ``shards_cli``. The loaders are imported on first use, so tools that only write or read
 shards (``salt-shards``) do not pay for importing Lightning.
 """
 
@@ -12,24 +14,39 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from salt.data.samples import expand_shards
+from salt.data.sources import count_samples, in_split, resolve_source
 from salt.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize
 
 if TYPE_CHECKING:
+    from salt.data.augment import TrainAugment
     from salt.data.datamodule import VideoDataModule, eval_loader
+    from salt.data.probe_loader import probe_train_loader
 
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "TrainAugment",
     "VideoDataModule",
+    "count_samples",
     "eval_loader",
     "expand_shards",
+    "in_split",
     "normalize",
+    "probe_train_loader",
+    "resolve_source",
 ]
+
+_LAZY = {
+    "VideoDataModule": "salt.data.datamodule",
+    "eval_loader": "salt.data.datamodule",
+    "probe_train_loader": "salt.data.probe_loader",
+    "TrainAugment": "salt.data.augment",
+}
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("VideoDataModule", "eval_loader"):
-        from salt.data import datamodule
+    if name in _LAZY:
+        import importlib
 
-        return getattr(datamodule, name)
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'salt.data' has no attribute {name!r}")

@@ -38,30 +38,13 @@ from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader
 
 from salt.data.dataset import ClipConfig, EvalClipStream, TrainClipStream
-from salt.data.samples import expand_shards
+from salt.data.decode import DEFAULT_DECODE_TIMEOUT
+from salt.data.loader import DEFAULT_LOADER_TIMEOUT, SaltDataLoader, make_loader
+from salt.data.sources import Split, check_split, count_samples, countable, resolve_source
 from salt.data.stats import sum_counts
-
-
-class EpochDataLoader(DataLoader):
-    """A DataLoader that runs ``on_iter()`` before each epoch (re-seeds its dataset per epoch)."""
-
-    on_iter: Callable[[], None] | None = None
-
-    def __iter__(self):
-        if self.on_iter is not None:
-            self.on_iter()
-        return super().__iter__()
-
-
-def _loader_kwargs(num_workers: int, pin_memory: bool, prefetch_factor: int) -> dict:
-    kw: dict[str, Any] = {"batch_size": None, "num_workers": num_workers}
-    kw["pin_memory"] = pin_memory and torch.cuda.is_available()
-    if num_workers > 0:
-        kw["prefetch_factor"] = prefetch_factor
-    return kw
+from salt.errors import UsageError
 
 
 def eval_loader(
@@ -83,14 +66,36 @@ def eval_loader(
     require_label: bool = True,
     pin_memory: bool = False,
     prefetch_factor: int = 2,
-) -> DataLoader:
+    split: Split = "all",
+    heldout_fraction: float = 0.15,
+    heldout_seed: int = 0,
+    num_classes: int | None = None,
+    decode_timeout: float | None = DEFAULT_DECODE_TIMEOUT,
+    timeout: float | None = DEFAULT_LOADER_TIMEOUT,
+    allow_pipe: bool = False,
+) -> SaltDataLoader:
     """Every sample of ``shards`` exactly once across ranks x workers, in a fixed order.
 
     Yields ``{"video": uint8 [B, S, V, C, T, H, W], "label": int64 [B], "key": list[str],
     "data_counts": dict}`` with S temporal segments x V spatial views (1 = center, 3 = three crops).
-    Ranks may receive different numbers of batches. ``shards`` is a spec list (see
-    ``expand_shards``); all of them form one evaluation set.
+    Ranks may receive different numbers of batches. ``shards`` is a spec or a list of specs
+    forming one evaluation set: shard patterns and/or ``.csv`` lists of videos
+    (``salt.data.sources``). ``split`` keeps the "fit" or "heldout" part of a training set
+    (by key, ``heldout_fraction`` / ``heldout_seed``), "all" keeps everything. With ``num_classes``
+    a label outside ``[0, num_classes)`` raises ``UsageError`` naming the sample. A sample whose
+    decode takes longer than ``decode_timeout`` s is skipped and counted (``decode_timeout``); no
+    batch from the workers for ``timeout`` s is an error naming this loader. ``pipe:`` shard URLs
+    (shell commands) need ``allow_pipe=True``.
+
+    Raises:
+        UsageError: (before any worker starts) a missing CSV, a pattern that matches nothing, an
+            empty CSV or split, a CSV label out of range.
     """
+    check_split(split, heldout_fraction)
+    source = resolve_source(shards, num_classes=num_classes, allow_pipe=allow_pipe)
+    empty = split != "all" and countable(source)
+    if empty and count_samples(source, split, heldout_fraction, heldout_seed) == 0:
+        raise UsageError(f"split {split!r} of {source.name} holds no sample")
     cfg = ClipConfig(
         frames_per_clip=frames_per_clip,
         frame_step=frame_step,
@@ -101,17 +106,25 @@ def eval_loader(
         num_segments=num_segments,
         num_views=num_views,
         eval_short_side=short_side,
+        decode_timeout=decode_timeout,
     )
-    stream = EvalClipStream(expand_shards(shards), cfg, batch_size, rank, world_size, require_label)
-    return DataLoader(stream, **_loader_kwargs(num_workers, pin_memory, prefetch_factor))
+    stream = EvalClipStream(
+        source, cfg, batch_size, rank, world_size, require_label,
+        split=split, heldout_fraction=heldout_fraction, heldout_seed=heldout_seed,
+        num_classes=num_classes,
+    )  # fmt: skip
+    loader = make_loader(stream, num_workers, pin_memory, prefetch_factor, timeout)
+    loader.lookahead = True  # trailing skips reach the caller inside the last batch
+    return loader
 
 
 class VideoDataModule(pl.LightningDataModule):
     """Streams clips from WebDataset shards of encoded video (see the module docstring).
 
     Args:
-        train_shards: one shard spec per dataset (a str is one dataset): ``a::b``, braces, globs.
-        val_shards: evaluation shard specs (one set), or None for no validation.
+        train_shards: one spec per dataset (a str is one dataset): a shard pattern (``a::b``,
+            braces, globs) or a ``.csv`` list of videos (``path,label`` or ``path label``).
+        val_shards: evaluation specs (one set; shards and/or CSVs), or None for no validation.
         frames_per_clip: frames T of a clip.
         frame_step: source frames between clip frames (ignored when ``target_fps`` is set).
         crop_size: output side of the square clip.
@@ -133,6 +146,11 @@ class VideoDataModule(pl.LightningDataModule):
         val_num_workers: eval workers (default ``num_workers``).
         pin_memory: pin batches when CUDA is available.
         prefetch_factor: batches prefetched per worker.
+        decode_timeout: seconds one sample's decode may take before it is skipped and counted
+            (``skipped_decode_timeout``); None = no limit.
+        loader_timeout: seconds without any batch from the workers before the fit stops with an
+            error naming the loader (a dead or stuck worker); 0 = wait forever.
+        allow_pipe_urls: accept ``pipe:`` shard URLs, which run shell commands.
     """
 
     def __init__(
@@ -160,6 +178,9 @@ class VideoDataModule(pl.LightningDataModule):
         val_num_workers: int | None = None,
         pin_memory: bool = True,
         prefetch_factor: int = 2,
+        decode_timeout: float | None = DEFAULT_DECODE_TIMEOUT,
+        loader_timeout: float = DEFAULT_LOADER_TIMEOUT,
+        allow_pipe_urls: bool = False,
     ) -> None:
         super().__init__()
         self.train_specs = [train_shards] if isinstance(train_shards, str) else list(train_shards)
@@ -183,7 +204,9 @@ class VideoDataModule(pl.LightningDataModule):
             scale=tuple(crop_scale),
             ratio=tuple(crop_aspect),
             flip_prob=flip_prob,
+            decode_timeout=decode_timeout,
         )
+        self.loader_timeout, self.allow_pipe_urls = loader_timeout, allow_pipe_urls
         self.batch_size, self.num_workers, self.epoch_length = batch_size, num_workers, epoch_length
         self.shuffle_buffer, self.seed = shuffle_buffer, seed
         self.val_batch_size = val_batch_size or batch_size
@@ -216,8 +239,8 @@ class VideoDataModule(pl.LightningDataModule):
         return 0, 1
 
     # ----------------------------------------------------------------- loaders
-    def train_dataloader(self) -> DataLoader:
-        datasets = [expand_shards(spec) for spec in self.train_specs]
+    def train_dataloader(self) -> SaltDataLoader:
+        datasets = [resolve_source(s, allow_pipe=self.allow_pipe_urls) for s in self.train_specs]
         stream = TrainClipStream(
             datasets,
             self.train_weights,
@@ -230,8 +253,8 @@ class VideoDataModule(pl.LightningDataModule):
         )
         stream.rank, stream.resume_count = self._rank_world()[0], self.resume_count
         self._train_stream = stream
-        loader = EpochDataLoader(
-            stream, **_loader_kwargs(self.num_workers, self.pin_memory, self.prefetch_factor)
+        loader = make_loader(
+            stream, self.num_workers, self.pin_memory, self.prefetch_factor, self.loader_timeout
         )
         loader.on_iter = self._start_epoch
         return loader
@@ -244,7 +267,7 @@ class VideoDataModule(pl.LightningDataModule):
         stream.epoch_length = self.epoch_length - self._resume_offset
         self.batches_in_epoch, self._resume_offset = self._resume_offset, 0
 
-    def val_dataloader(self) -> DataLoader | list:
+    def val_dataloader(self) -> SaltDataLoader | list:
         if self.val_shards is None:
             return []
         rank, world = self._rank_world()
@@ -264,6 +287,9 @@ class VideoDataModule(pl.LightningDataModule):
             short_video=self.cfg.short_video,
             pin_memory=self.pin_memory,
             prefetch_factor=self.prefetch_factor,
+            decode_timeout=self.cfg.decode_timeout,
+            timeout=self.loader_timeout,
+            allow_pipe=self.allow_pipe_urls,
         )
 
     # ----------------------------------------------------------------- counts

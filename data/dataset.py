@@ -5,8 +5,9 @@ stage's masks) runs in the worker and every batch can carry the worker's exact `
 (skips and events since its previous batch, see ``salt.data.stats``).
 
 Training stream, per (rank, worker), seeded from (seed, resume count, epoch, rank, worker):
-  shards drawn with replacement per dataset -> weighted mix of datasets -> shuffle buffer of raw
-  samples (bytes, cheap) -> parse -> decode the window's frames -> crop/flip -> batch of B.
+  shards drawn with replacement per dataset (a CSV dataset: its rows in reshuffled passes) ->
+  weighted mix of datasets -> shuffle buffer of raw samples (bytes, cheap; not needed when every
+  dataset is a CSV) -> parse -> decode the window's frames -> crop/flip -> batch of B.
   Each rank yields exactly ``epoch_length`` batches per epoch (split across its workers).
   We build this from webdataset's tar reader instead of ``wds.WebDataset(resampled=True)`` because
   the latter seeds its shard sampler from time and pid: the stream could not be reproduced from a
@@ -15,7 +16,11 @@ Training stream, per (rank, worker), seeded from (seed, resume count, epoch, ran
 
 Evaluation stream: not resampled, no shuffle; every sample exactly once across ranks x workers.
 Shards are dealt to the slots ``rank * num_workers + worker``; if there are fewer shards than slots,
-every slot reads all shards and keeps sample ``i`` when ``i % slots == slot``.
+every slot reads all shards and keeps sample ``i`` when ``i % slots == slot``. CSV rows are dealt
+to the slots the same way (``rows[slot::slots]``), no file is opened by a slot that skips it.
+
+Sources are ``salt.data.sources.VideoSource``s (shard URLs and/or CSV rows); a CSV row arrives as
+a raw sample with the same keys as a shard sample, so everything after the reader is shared.
 """
 
 from __future__ import annotations
@@ -30,11 +35,14 @@ import torch
 import webdataset as wds
 from torch.utils.data import IterableDataset, get_worker_info
 
-from salt.data.decode import decode_clip
+from salt.data.decode import DEFAULT_DECODE_TIMEOUT, decode_clip
+from salt.data.loader import COUNTS_KEY, ERROR_KEY
 from salt.data.samples import parse_sample
 from salt.data.sampling import clip_step, segment_indices, train_indices
+from salt.data.sources import CsvRow, Split, VideoSource, check_label, in_split, row_samples
 from salt.data.stats import SkipSample, skip_key
 from salt.data.transforms import eval_transform, train_transform
+from salt.errors import UsageError
 
 MAX_SKIPS_IN_A_ROW = 1000  # a dataset that is all bad is an error, not an endless loop
 MAX_EMPTY_SHARDS_IN_A_ROW = 200
@@ -57,6 +65,7 @@ class ClipConfig:
     num_segments: int = 1
     num_views: int = 1
     eval_short_side: int | None = None
+    decode_timeout: float | None = DEFAULT_DECODE_TIMEOUT
 
 
 def derive_seed(*parts: int) -> int:
@@ -73,7 +82,7 @@ def worker_slot() -> tuple[int, int]:
     return (0, 1) if info is None else (info.id, info.num_workers)
 
 
-def _shard_handler(counts: Counter) -> Callable[[Exception], bool]:
+def shard_handler(counts: Counter) -> Callable[[Exception], bool]:
     def handler(exn: Exception) -> bool:
         counts[skip_key("bad_shard")] += 1
         return True  # continue with the next file/shard
@@ -81,9 +90,12 @@ def _shard_handler(counts: Counter) -> Callable[[Exception], bool]:
     return handler
 
 
-def _resampled_samples(urls: list[str], rng: random.Random, counts: Counter) -> Iterator[dict]:
-    """Endless raw samples from shards drawn with replacement."""
-    handler, empty = _shard_handler(counts), 0
+def _resampled_samples(source: VideoSource, rng: random.Random, counts: Counter) -> Iterator[dict]:
+    """Endless raw samples: shards drawn with replacement, or CSV rows in reshuffled passes."""
+    if source.rows:
+        yield from _resampled_rows(source.rows, rng, counts, source.name)
+        return
+    urls, handler, empty = source.shards, shard_handler(counts), 0
     while True:
         url = urls[rng.randrange(len(urls))]
         got = 0
@@ -95,12 +107,27 @@ def _resampled_samples(urls: list[str], rng: random.Random, counts: Counter) -> 
             raise RuntimeError(f"{empty} shards in a row held no readable sample (last: {url})")
 
 
+def _resampled_rows(
+    rows: list[CsvRow], rng: random.Random, counts: Counter, name: str
+) -> Iterator[dict]:
+    """Endless raw samples of CSV rows: each pass is a fresh permutation (every row once)."""
+    order = list(range(len(rows)))
+    while True:
+        rng.shuffle(order)
+        got = 0
+        for sample in row_samples([rows[i] for i in order], counts):
+            got += 1
+            yield sample
+        if not got:
+            raise RuntimeError(f"no file of {name} could be read: {dict(counts)}")
+
+
 def _mix(sources: list[Iterator[dict]], weights: list[float], rng: random.Random) -> Iterator[dict]:
     while True:
         yield next(sources[rng.choices(range(len(sources)), weights)[0]])
 
 
-def _shuffle(samples: Iterator[dict], size: int, rng: random.Random) -> Iterator[dict]:
+def shuffle_samples(samples: Iterator[dict], size: int, rng: random.Random) -> Iterator[dict]:
     buf: list[dict] = []
     for sample in samples:
         if len(buf) < size:
@@ -116,7 +143,7 @@ def _shuffle(samples: Iterator[dict], size: int, rng: random.Random) -> Iterator
 def _train_clip(
     sample: dict, cfg: ClipConfig, rng: random.Random, counts: Counter
 ) -> tuple[torch.Tensor, int]:
-    data, label = parse_sample(sample)
+    data, label, num_frames = parse_sample(sample)
     padded = False
 
     def choose(n: int, fps: float) -> list[int]:
@@ -125,7 +152,9 @@ def _train_clip(
         idx, padded = train_indices(n, cfg.frames_per_clip, step, rng, cfg.short_video)
         return idx
 
-    clip = decode_clip(data, choose, cfg.decoder, cfg.decoder_threads)
+    clip = decode_clip(
+        data, choose, cfg.decoder, cfg.decoder_threads, num_frames, cfg.decode_timeout
+    )
     counts["padded"] += int(padded)
     counts["decoder_fallback"] += int(clip.fallback)
     video = train_transform(clip.frames, cfg.crop_size, rng, cfg.scale, cfg.ratio, cfg.flip_prob)
@@ -141,7 +170,7 @@ class TrainClipStream(IterableDataset):
 
     def __init__(
         self,
-        datasets: list[list[str]],
+        datasets: list[VideoSource],
         weights: list[float],
         cfg: ClipConfig,
         batch_size: int,
@@ -151,8 +180,14 @@ class TrainClipStream(IterableDataset):
         mask_fn: Callable[[int], list] | None = None,
     ) -> None:
         super().__init__()
-        if len(datasets) != len(weights) or not datasets or any(not d for d in datasets):
-            raise ValueError("need one non-empty shard list per dataset and one weight per dataset")
+        if len(datasets) != len(weights) or not datasets:
+            raise ValueError("need one source per dataset and one weight per dataset")
+        for d in datasets:
+            if d.rows and d.shards:
+                raise UsageError(
+                    f"training dataset {d.name!r} mixes a CSV with shards; give them as separate "
+                    "datasets (a list of specs) with train_weights"
+                )
         self.datasets, self.weights, self.cfg = datasets, weights, cfg
         self.batch_size, self.epoch_length = batch_size, epoch_length
         self.shuffle_buffer, self.seed, self.mask_fn = shuffle_buffer, seed, mask_fn
@@ -176,11 +211,12 @@ class TrainClipStream(IterableDataset):
         )
         counts: Counter = Counter()
         sources = [
-            _resampled_samples(urls, random.Random(derive_seed(seed, 2, i)), counts)
-            for i, urls in enumerate(self.datasets)
+            _resampled_samples(source, random.Random(derive_seed(seed, 2, i)), counts)
+            for i, source in enumerate(self.datasets)
         ]
         raw = sources[0] if len(sources) == 1 else _mix(sources, self.weights, rng)
-        raw = _shuffle(raw, self.shuffle_buffer, rng) if self.shuffle_buffer > 1 else raw
+        if self.shuffle_buffer > 1 and any(d.shards for d in self.datasets):
+            raw = shuffle_samples(raw, self.shuffle_buffer, rng)  # CSV rows come permuted already
         clips, labels, skips_in_a_row = [], [], 0
         for _ in range(num_batches):
             while len(clips) < self.batch_size:
@@ -214,42 +250,55 @@ class TrainClipStream(IterableDataset):
 
 
 class EvalClipStream(IterableDataset):
-    """Evaluation batches ``{"video": uint8 [B,S,V,C,T,H,W], "label", "key", "data_counts"}``."""
+    """Evaluation batches ``{"video": uint8 [B,S,V,C,T,H,W], "label", "key", "data_counts"}``.
+
+    ``split`` keeps only the samples of that part of a training set (``salt.data.sources.in_split``);
+    with ``num_classes`` a label outside ``[0, num_classes)`` ends the stream with a usage error.
+    """
 
     def __init__(
         self,
-        urls: list[str],
+        source: VideoSource,
         cfg: ClipConfig,
         batch_size: int,
         rank: int = 0,
         world_size: int = 1,
         require_label: bool = True,
+        split: Split = "all",
+        heldout_fraction: float = 0.15,
+        heldout_seed: int = 0,
+        num_classes: int | None = None,
     ) -> None:
         super().__init__()
-        if not urls:
-            raise ValueError("eval stream needs at least one shard")
+        if not source.shards and not source.rows:
+            raise ValueError("eval stream needs at least one shard or CSV row")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world_size {world_size}")
-        self.urls, self.cfg, self.batch_size = urls, cfg, batch_size
+        self.source, self.cfg, self.batch_size = source, cfg, batch_size
         self.rank, self.world_size, self.require_label = rank, world_size, require_label
+        self.split, self.heldout_fraction, self.heldout_seed = split, heldout_fraction, heldout_seed
+        self.num_classes = num_classes
+
+    def describe(self) -> str:
+        return f"eval loader over {self.source.name} (rank {self.rank}/{self.world_size})"
 
     def _my_samples(self, counts: Counter) -> Iterator[dict]:
         worker, num_workers = worker_slot()
         slots, slot = self.world_size * num_workers, self.rank * num_workers + worker
-        handler = _shard_handler(counts)
-        if len(self.urls) >= slots:
-            yield from wds.tarfile_samples(
-                [{"url": u} for u in self.urls[slot::slots]], handler=handler
-            )
-            return
-        samples = wds.tarfile_samples([{"url": u} for u in self.urls], handler=handler)
-        for i, sample in enumerate(samples):
-            if i % slots == slot:
-                yield sample
+        handler, urls = shard_handler(counts), self.source.shards
+        if len(urls) >= slots:
+            yield from wds.tarfile_samples([{"url": u} for u in urls[slot::slots]], handler=handler)
+        elif urls:
+            samples = wds.tarfile_samples([{"url": u} for u in urls], handler=handler)
+            for i, sample in enumerate(samples):
+                if i % slots == slot:
+                    yield sample
+        yield from row_samples(self.source.rows[slot::slots], counts)
 
     def _clip(self, sample: dict, counts: Counter) -> tuple[torch.Tensor, int]:
         cfg = self.cfg
-        data, label = parse_sample(sample, require_label=self.require_label)
+        data, label, num_frames = parse_sample(sample, require_label=self.require_label)
+        check_label(label if label >= 0 else None, self.num_classes, sample_where(sample))
         padded = False
 
         def choose(n: int, fps: float) -> list[int]:
@@ -260,7 +309,9 @@ class EvalClipStream(IterableDataset):
             )
             return [i for seg in segs for i in seg]
 
-        clip = decode_clip(data, choose, cfg.decoder, cfg.decoder_threads)
+        clip = decode_clip(
+            data, choose, cfg.decoder, cfg.decoder_threads, num_frames, cfg.decode_timeout
+        )
         counts["padded"] += int(padded)
         counts["decoder_fallback"] += int(clip.fallback)
         video = eval_transform(
@@ -271,12 +322,18 @@ class EvalClipStream(IterableDataset):
     def __iter__(self) -> Iterator[dict]:
         counts: Counter = Counter()
         videos, labels, keys = [], [], []
+        split, frac, hseed = self.split, self.heldout_fraction, self.heldout_seed
         for sample in self._my_samples(counts):
+            if not in_split(sample["__key__"], split, frac, hseed):
+                continue
             try:
                 video, label = self._clip(sample, counts)
             except SkipSample as skip:
                 counts[skip_key(skip.reason)] += 1
                 continue
+            except UsageError as err:  # the main process raises it (salt.data.loader)
+                yield {ERROR_KEY: str(err)}
+                return
             videos.append(video)
             labels.append(label)
             keys.append(sample["__key__"])
@@ -285,6 +342,8 @@ class EvalClipStream(IterableDataset):
                 videos, labels, keys = [], [], []
         if videos:
             yield self._batch(videos, labels, keys, counts)
+        elif any(counts.values()):  # skips after the last batch: folded in by the loader
+            yield {COUNTS_KEY: {k: v for k, v in counts.items() if v}}
 
     @staticmethod
     def _batch(videos: list, labels: list, keys: list, counts: Counter) -> dict:
@@ -296,3 +355,8 @@ class EvalClipStream(IterableDataset):
         }
         counts.clear()
         return batch
+
+
+def sample_where(sample: dict) -> str:
+    """Where a sample came from, for error messages: its shard or file, and its key."""
+    return f"{sample.get('__url__', '?')}: sample {sample.get('__key__')!r}"

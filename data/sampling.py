@@ -95,3 +95,34 @@ def segment_indices(
         out.append(idx)
         padded = padded or pad
     return out, padded
+
+
+def train_segment_indices(
+    num_frames: int,
+    frames_per_clip: int,
+    step: float,
+    num_segments: int,
+    rng: random.Random,
+    short_video: str = "pad",
+) -> tuple[list[list[int]], bool]:
+    """One random window per segment (training view of an S-segment clip).
+
+    The video is cut into ``num_segments`` equal parts; each window starts uniformly at random
+    where it fits inside its part. When a part is shorter than a window, the windows are placed as
+    ``segment_indices`` places them (centred, shifted to fit), as V-JEPA 2 does then.
+    ``num_segments=1`` is ``train_indices``. Returns (one index list per segment, padded).
+    """
+    if num_segments < 1:
+        raise ValueError(f"num_segments must be >= 1, got {num_segments}")
+    span = clip_span(frames_per_clip, step)
+    seg_len = num_frames / num_segments
+    if seg_len < span:
+        return segment_indices(num_frames, frames_per_clip, step, num_segments, short_video)
+    _check_short(num_frames, span, short_video)
+    out = []
+    for k in range(num_segments):
+        lo = int(math.ceil(k * seg_len))
+        hi = int(math.floor((k + 1) * seg_len)) - span
+        start = rng.randint(lo, max(lo, hi))
+        out.append(_window(start, frames_per_clip, step, num_frames)[0])
+    return out, False

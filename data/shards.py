@@ -14,7 +14,6 @@ aborts the job.
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import os
@@ -27,19 +26,25 @@ import av
 import webdataset as wds
 from tqdm import tqdm
 
-from salt.data.decode import decode_clip
+from salt.data.decode import DEFAULT_DECODE_TIMEOUT, decode_clip
 from salt.data.encode import H264Writer
 from salt.data.samples import VIDEO_EXTS, expand_shards, parse_sample
+from salt.data.sources import read_csv_rows
 from salt.data.stats import SkipSample
+from salt.errors import UsageError
 
 DEFAULT_MAX_SIZE = 1 << 30  # 1 GiB shards
-_HEADER_WORDS = ("path", "video", "file", "filename", "filepath")
 
 
 def list_inputs(source: str, label_from_parent: bool = False) -> list[tuple[str, int | None]]:
-    """(path, label) of a CSV (``path[,label]``, header allowed, paths relative to the CSV) or of a
-    folder (every file with a video extension below it, sorted; labels from parent folder names
-    in sorted order when ``label_from_parent``)."""
+    """(path, label) of a CSV (``path[,label]`` or ``path label``, header allowed, paths relative
+    to the CSV; ``salt.data.sources.read_csv_rows``) or of a folder (every file with a video
+    extension below it, sorted; labels from parent folder names in sorted order when
+    ``label_from_parent``).
+
+    Raises:
+        UsageError: ``source`` is neither a file nor a folder, or a CSV label is not an integer.
+    """
     src = Path(source)
     if src.is_dir():
         paths = sorted(
@@ -50,25 +55,8 @@ def list_inputs(source: str, label_from_parent: bool = False) -> list[tuple[str,
         classes = {name: i for i, name in enumerate(sorted({p.parent.name for p in paths}))}
         return [(str(p), classes[p.parent.name]) for p in paths]
     if not src.is_file():
-        raise FileNotFoundError(f"input {source!r} is neither a CSV file nor a folder")
-    rows: list[tuple[str, int | None]] = []
-    with open(src, newline="") as f:
-        for n, row in enumerate(csv.reader(f)):
-            if not row or not row[0].strip() or row[0].lstrip().startswith("#"):
-                continue
-            path_s, label_s = row[0].strip(), (row[1].strip() if len(row) > 1 else "")
-            if n == 0 and (path_s.lower() in _HEADER_WORDS or (label_s and not _is_int(label_s))):
-                continue  # header row
-            if label_s and not _is_int(label_s):
-                raise ValueError(f"{source}:{n + 1}: label {label_s!r} is not an integer")
-            path = Path(path_s)
-            path = path if path.is_absolute() else src.parent / path
-            rows.append((str(path), int(label_s) if label_s else None))
-    return rows
-
-
-def _is_int(text: str) -> bool:
-    return text.lstrip("+-").isdigit()
+        raise UsageError(f"input {source!r} is neither a CSV file nor a folder")
+    return [(row.path, row.label) for row in read_csv_rows(src)]
 
 
 def _even(x: float) -> int:
@@ -214,10 +202,12 @@ def inspect_shards(spec: str, decode: bool = False, decoder: str = "auto") -> di
         per_shard[url] += 1
         counts["samples"] += 1
         try:
-            data, label = parse_sample(sample)
+            data, label, _ = parse_sample(sample)
             labels[label] += 1
-            if decode:
-                decode_clip(data, lambda n, fps: [0, n - 1], backend=decoder)
+            if decode:  # the header's count on purpose: a file that over-reports it is a problem
+                decode_clip(
+                    data, lambda n, fps: [0, n - 1], backend=decoder, timeout=DEFAULT_DECODE_TIMEOUT
+                )
                 counts["decoded"] += 1
         except SkipSample as skip:
             counts[f"skipped_{skip.reason}"] += 1

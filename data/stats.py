@@ -14,6 +14,8 @@ Counter names:
   ``skipped_too_short``    shorter than the clip window with ``short_video="skip"``
   ``skipped_missing_label`` evaluation sample without a label
   ``skipped_bad_shard``    a tar shard could not be read (counted once per failure, not per sample)
+  ``skipped_missing_file`` a CSV row whose video file cannot be read (missing, permissions)
+  ``skipped_decode_timeout`` the decoder gave no frames within ``decode_timeout`` seconds
   ``padded``               shorter than the window; last frame repeated (``short_video="pad"``)
   ``decoder_fallback``     decord failed on a sample and PyAV decoded it instead
 """
@@ -31,6 +33,8 @@ SKIP_REASONS = (
     "too_short",
     "missing_label",
     "bad_shard",
+    "missing_file",
+    "decode_timeout",
 )
 EVENTS = ("padded", "decoder_fallback")
 

@@ -126,3 +126,34 @@ def test_target_fps_sets_the_step() -> None:
     assert clip_step(10.0, 4, target_fps=30.0) == 1.0  # never below 1
     idx, _ = train_indices(200, 4, clip_step(25.0, 4, 10.0), random.Random(1))
     assert [b - a for a, b in zip(idx, idx[1:], strict=False)] == [2, 3, 3]  # step 2.5, rounded
+
+
+# ------------------------------------------------------------------ frame order
+
+
+@pytest.fixture(scope="module")
+def video60() -> bytes:
+    return index_video(60)  # frame k is grey level 8 + 4k: read back by rounding
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_interleaved_windows_come_back_in_requested_order(video60: bytes, backend: str) -> None:
+    # two windows of stride 4 that overlap in time without sharing a frame, interleaved
+    wanted = [0, 40, 4, 44, 8, 48, 12, 52, 16, 56]
+    clip = decode_clip(video60, lambda n, fps: wanted, backend=backend)
+    assert levels(clip.frames) == wanted
+    backwards = [59, 30, 1, 29, 2]  # any order, not only window interleavings
+    assert (
+        levels(decode_clip(video60, lambda n, fps: backwards, backend=backend).frames) == backwards
+    )
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_overlapping_eval_segments_keep_their_frames(backend: str) -> None:
+    # 40 frames, 2 segments of 8 frames at step 4 (span 29): windows [0..28] and [11..39] overlap
+    # without a common frame, so the decoded union must be split back per segment
+    segs, padded = segment_indices(40, 8, 4, num_segments=2)
+    assert not padded and not set(segs[0]) & set(segs[1]) and segs[1][0] < segs[0][-1]
+    flat = [i for seg in segs for i in seg]
+    clip = decode_clip(index_video(40), lambda n, fps: flat, backend=backend)
+    assert levels(clip.frames[:8]) == segs[0] and levels(clip.frames[8:]) == segs[1]

@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import pytest
-from helpers_video import BAD_INPUT_CASES, bad_input_samples, index_video, video_sample, write_tar
+from helpers_video import (
+    BAD_INPUT_CASES,
+    bad_input_samples,
+    frame_numbers,
+    index_video,
+    video_sample,
+    write_tar,
+)
 
 from salt.data import eval_loader
 from salt.data.decode import HAVE_DECORD
+from salt.data.sampling import segment_indices
 from salt.data.stats import sum_counts
+from salt.errors import UsageError
 
 CLIP = {"frames_per_clip": 8, "frame_step": 2, "crop_size": 16}
 
@@ -92,5 +101,47 @@ def test_missing_label_is_skipped_for_evaluation(tmp_path) -> None:
 
 
 def test_missing_shard_is_a_clear_error(tmp_path) -> None:
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(UsageError, match="does not exist"):
         eval_loader(str(tmp_path / "nope-000000.tar"), **CLIP)
+    with pytest.raises(UsageError, match="no shard matches .*nope-\\*"):
+        eval_loader(str(tmp_path / "nope-*.tar"), **CLIP)
+
+
+@pytest.mark.parametrize("decoder", ["pyav"] + (["decord"] if HAVE_DECORD else []))
+def test_each_segment_gets_its_own_frames_in_order(tmp_path, decoder: str) -> None:
+    # 40 frames, 2 segments x 8 frames at step 4: the windows overlap without a shared frame
+    spec = write_tar(tmp_path / "idx.tar", [video_sample("a", index_video(40), 1)])
+    batch = next(iter(eval_loader(spec, **{**CLIP, "frame_step": 4}, num_segments=2,
+                                  num_workers=0, decoder=decoder)))  # fmt: skip
+    segs, _ = segment_indices(40, 8, 4, num_segments=2)
+    got = [frame_numbers(batch["video"][0, s, 0]) for s in range(2)]  # [C, T, H, W] each
+    assert got == segs
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_skips_after_the_last_batch_and_all_bad_workers_are_still_counted(
+    tmp_path, num_workers: int
+) -> None:
+    good, bad = index_video(20), b"not a video"
+    # shard 0: 2 good then 2 bad (the skips come after the last full batch of 2);
+    # shard 1: only bad samples (with 2 workers, one worker never fills a batch)
+    write_tar(
+        tmp_path / "p-000000.tar",
+        [video_sample(f"a{i}", good if i < 2 else bad, 0) for i in range(4)],
+    )
+    write_tar(tmp_path / "p-000001.tar", [video_sample(f"b{i}", bad, 0) for i in range(3)])
+    keys, _, counts, _ = collect(str(tmp_path / "p-{000000..000001}.tar"), num_workers=num_workers)
+    assert sorted(keys) == ["a0", "a1"] and counts == {"skipped_undecodable": 5}
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_label_outside_num_classes_names_the_shard_and_sample(tmp_path, num_workers) -> None:
+    spec = write_tar(
+        tmp_path / "lab-000000.tar",
+        [video_sample("ok", index_video(12), 1), video_sample("odd", index_video(12), 9)],
+    )
+    with pytest.raises(
+        UsageError, match=r"lab-000000.tar: sample 'odd': label 9 is outside \[0, 5\)"
+    ):
+        collect(spec, num_classes=5, num_workers=num_workers)
+    assert collect(spec, num_classes=10)[1] == [1, 9]

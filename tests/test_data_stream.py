@@ -17,6 +17,7 @@ from helpers_video import (
 
 from salt.data import VideoDataModule, expand_shards
 from salt.data.stats import sum_counts
+from salt.errors import UsageError
 
 SMALL = {"frames_per_clip": 8, "frame_step": 2, "crop_size": 16, "num_workers": 0}
 
@@ -187,7 +188,7 @@ def test_shard_specs_expand_and_typos_fail(shards, tmp_path) -> None:
     assert len(expand_shards(shards["good"])) == 2
     assert len(expand_shards(shards["zeros"] + "::" + shards["ones"])) == 2
     assert len(expand_shards(shards["good"].replace("{000000..000001}", "*"))) == 2
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(UsageError, match="missing-000.tar"):
         VideoDataModule(str(tmp_path / "missing-{000..002}.tar"), **SMALL).train_dataloader()
     with pytest.raises(ValueError, match="train_weights"):
         VideoDataModule([shards["zeros"], shards["ones"]], train_weights=[1.0], **SMALL)

@@ -45,7 +45,9 @@ STEP_FUNCTIONS = {
 }
 
 
-def make_teacher_file(path: Path, encoder: str, img_size: int, num_frames: int) -> Path:
+def make_teacher_file(
+    path: Path, encoder: str, img_size: int, num_frames: int, **encoder_kwargs: Any
+) -> Path:
     """Write a random ``encoder`` as an exported ``.safetensors`` (what ``salt export`` writes)."""
     from safetensors.torch import save_file
 
@@ -56,7 +58,7 @@ def make_teacher_file(path: Path, encoder: str, img_size: int, num_frames: int) 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(0)  # every rank that writes it writes the same weights
     with torch.device(device):  # trunc-normal init of 300M+ params is slow on the CPU
-        enc = create_encoder(encoder, img_size=img_size, num_frames=num_frames)
+        enc = create_encoder(encoder, img_size=img_size, num_frames=num_frames, **encoder_kwargs)
     meta = {
         "stage": "teacher",
         "encoder_config": enc.config,

@@ -5,6 +5,12 @@
 #   bash benchmarks/run_gpu.sh h100 [LIMIT_S] [extra step_throughput.py args]   # issue 7, 1 GPU
 #   bash benchmarks/run_gpu.sh x2   [LIMIT_S] [extra multi_gpu.py args]         # issue 6.6, 2 GPUs
 #   bash benchmarks/run_gpu.sh fit  [LIMIT_S] [extra fit_throughput.py args]    # salt fit, shipped config
+#   bash benchmarks/run_gpu.sh perf [LIMIT_S] [extra step_throughput.py args]   # salt vs V-JEPA 2, levers
+#
+# perf: V-JEPA 2's files come from $VJEPA2 (default .peers/vjepa2, staged beforehand with
+#   python benchmarks/peers/vjepa2_step.py --vjepa2 CHECKOUT --stage-to .peers/vjepa2
+# and carried); without them its rows are left out. FP8 rows use torchao when its wheel is in
+# wheels/ (else salt's torch._scaled_mm fallback).
 #
 # LIMIT_S (default 580) is the whole call's wall-clock budget; give the device call a timeout a
 # little above it. Results land in $OUT (default /tmp/salt_out): env.txt, *.json, *_log.txt and
@@ -49,6 +55,12 @@ try:
     print("xformers", xformers.__version__, "imports")
 except Exception as e:
     print("xformers not usable:", type(e).__name__, str(e)[:200])
+try:
+    import torchao
+    print("torchao", torchao.__version__)
+except Exception as e:
+    print("torchao not usable:", type(e).__name__, str(e)[:200])
+print("compute capability", torch.cuda.get_device_capability(0))
 EOF
 
 # Children stop by DEADLINE (variants get what is left); `timeout` is only a backstop, so the
@@ -69,6 +81,16 @@ case "$MODE" in
     timeout "$BACKSTOP" $PY benchmarks/fit_throughput.py --json "$OUT/fit.json" \
       --deadline "$DEADLINE" "$@" 2>&1 | tee "$OUT/fit_log.txt"
     ;;
-  *) echo "unknown mode $MODE (h100 | x2 | fit)"; exit 2 ;;
+  perf)
+    VJ=${VJEPA2:-.peers/vjepa2}
+    VJARG=()
+    if [ -f "$VJ/app/vjepa/utils.py" ]; then VJARG=(--vjepa2 "$VJ")
+    else echo "no V-JEPA 2 files at $VJ: its rows are left out"; fi
+    timeout "$BACKSTOP" $PY benchmarks/step_throughput.py --suite perf --json "$OUT/perf.json" \
+      --workdir /tmp --deadline "$DEADLINE" "${VJARG[@]}" "$@" 2>&1 | tee "$OUT/perf_log.txt"
+    cp /tmp/salt_bench/profile_student_compile.txt /tmp/salt_bench/profile_student_modules_fp8.txt \
+      "$OUT/" 2>/dev/null
+    ;;
+  *) echo "unknown mode $MODE (h100 | x2 | fit | perf)"; exit 2 ;;
 esac
 echo "run_gpu.sh done in $(( $(date +%s) - START ))s"

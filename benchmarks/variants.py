@@ -309,10 +309,14 @@ def _run_step(spec: dict, device: torch.device, workdir: Path) -> dict:
         "mask_sizes": _mask_sizes(batches),
     }
     if spec.get("flops"):
-        res["flops"] = count_step_flops(module, batches, device, amp)
-        res["flop_breakdown"] = perf.flop_breakdown(
-            lambda: forward_backward(module, batches[0], device, amp)
-        )
+        try:  # a counting failure (e.g. a tensor subclass it cannot see through) costs the count only
+            res["flops"] = count_step_flops(module, batches, device, amp)
+            res["flop_breakdown"] = perf.flop_breakdown(
+                lambda: forward_backward(module, batches[0], device, amp)
+            )
+        except Exception as exc:
+            res["flops_error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
+            module.zero_grad(set_to_none=True)
     module.use_compile = bool(spec.get("compile"))
     prepare_like_fit(module)  # what setup("fit") does: collator, per-block compile
     step = make_train_step(module, batches, device, amp=amp, max_norm=spec.get("max_norm"))

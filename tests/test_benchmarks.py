@@ -218,15 +218,15 @@ def test_fit_throughput_smoke(tmp_path):
     in one process per variant; each variant's overrides reach the module it fits."""
     out = tmp_path / "fit.json"
     cmd = [sys.executable, str(ROOT / "benchmarks" / "fit_throughput.py"), "--smoke",
-           "--config", "configs/teacher/vitl16.yaml", "--variants", "shipped,ckpt+cudnn",
+           "--config", "configs/teacher/vitl16.yaml", "--variants", "shipped,eager+ckpt",
            "--steps", "12", "--warmup-steps", "2", "--clips", "16", "--workdir", str(tmp_path),
            "--json", str(out)]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = json.loads(out.read_text())["rows"]
     for name, settings in [
-        ("shipped", {"act_checkpoint": False, "compile": False, "cudnn_attention": False}),
-        ("ckpt+cudnn", {"act_checkpoint": True, "compile": False, "cudnn_attention": True}),
+        ("shipped", {"act_checkpoint": False, "compile": True, "cudnn_attention": False}),
+        ("eager+ckpt", {"act_checkpoint": True, "compile": False, "cudnn_attention": False}),
     ]:
         row = rows[name]
         assert row["steps"] == 12 and row["clips_per_s"] > 0 and row["by_window"], row
@@ -268,6 +268,7 @@ def test_perf_suite_orders_the_questions():
     assert not any(r["kind"] == "vjepa2" for r in perf_variants(no_vj))
 
 
+@pytest.mark.slow
 def test_perf_suite_cpu_smoke(tmp_path):
     """`--suite perf` on the CPU: the driver, a student row that asks for whole-module compile
     (eager fallback on the CPU) and, with SALT_VJEPA2_SRC, V-JEPA 2's tiny step; the table."""
@@ -288,6 +289,7 @@ def test_perf_suite_cpu_smoke(tmp_path):
         assert "vjepa2_eager" in proc.stdout
 
 
+@pytest.mark.slow
 @requires_vjepa2
 def test_vjepa2_step_smoke_from_staged_files(tmp_path):
     """Only the files the benchmark names are staged, and V-JEPA 2's step runs from them."""

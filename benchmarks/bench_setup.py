@@ -7,8 +7,8 @@
   schema), built directly on the device (``with torch.device(...)``: the same code, without
   initialising billions of parameters on the CPU first).
 - ``prepare_like_fit``: what ``SaltModule.setup("fit")`` does without a Trainer attached (the mask
-  collator, ``compile_blocks`` on ``compiled_modules()``) — the same functions, called in the same
-  order.
+  collator, ``compile_modules`` on ``compiled_modules()``) — the same functions, called in the
+  same order.
 - ``make_train_step``: one step the way Lightning's automatic optimisation runs it with
   ``precision="bf16-mixed"``: zero_grad → autocast(bf16) ``training_loss`` → backward →
   ``salt.step.prepare_optimizer_step`` (grad norm, clipping, non-finite skip; what
@@ -31,7 +31,7 @@ import torch
 
 from salt.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from salt.models import ROPE_CONVENTION, create_encoder
-from salt.module_base import SaltModule, compile_blocks
+from salt.module_base import SaltModule, compile_modules
 from salt.step import prepare_optimizer_step
 from salt.student import StudentModule
 from salt.teacher import TeacherModule
@@ -45,7 +45,9 @@ STEP_FUNCTIONS = {
 }
 
 
-def make_teacher_file(path: Path, encoder: str, img_size: int, num_frames: int) -> Path:
+def make_teacher_file(
+    path: Path, encoder: str, img_size: int, num_frames: int, **encoder_kwargs: Any
+) -> Path:
     """Write a random ``encoder`` as an exported ``.safetensors`` (what ``salt export`` writes)."""
     from safetensors.torch import save_file
 
@@ -56,7 +58,7 @@ def make_teacher_file(path: Path, encoder: str, img_size: int, num_frames: int) 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(0)  # every rank that writes it writes the same weights
     with torch.device(device):  # trunc-normal init of 300M+ params is slow on the CPU
-        enc = create_encoder(encoder, img_size=img_size, num_frames=num_frames)
+        enc = create_encoder(encoder, img_size=img_size, num_frames=num_frames, **encoder_kwargs)
     meta = {
         "stage": "teacher",
         "encoder_config": enc.config,
@@ -114,11 +116,13 @@ def build_module(
 
 
 def prepare_like_fit(module: SaltModule) -> None:
-    """``SaltModule.setup("fit")`` minus the Trainer: mask collator, then per-block compile."""
+    """``SaltModule.setup("fit")`` minus the Trainer: mask collator, then ``compile_modules``
+    (scope and mode as configured; eager with one warning where compiling cannot work)."""
     module.mask_collator = module.build_mask_collator()
     if module.use_compile:
-        for sub in module.compiled_modules():
-            compile_blocks(sub)
+        module.compiled = compile_modules(
+            module.compiled_modules(), module.device, module.compile_scope, module.compile_mode
+        )
 
 
 def synthetic_batches(

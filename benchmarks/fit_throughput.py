@@ -30,8 +30,9 @@ CKPT, NO_CKPT = (
     ["--model.init_args.act_checkpoint", "true"],
     ["--model.init_args.act_checkpoint", "false"],
 )
-COMPILE, CUDNN = (
+COMPILE, EAGER, CUDNN = (
     ["--model.init_args.compile", "true"],
+    ["--model.init_args.compile", "false"],
     ["--model.init_args.cudnn_attention", "true"],
 )
 SETTINGS = ("act_checkpoint", "compile", "cudnn_attention")  # reported per variant, as fitted
@@ -46,6 +47,9 @@ VARIANTS = {
     "compile+no-ckpt": COMPILE + NO_CKPT,
     "compile+no-ckpt+cudnn": COMPILE + NO_CKPT + CUDNN,
     "cudnn": CUDNN,
+    "eager": EAGER,  # the shipped ViT configs compile; these are the eager counterparts
+    "eager+no-ckpt": EAGER + NO_CKPT,
+    "eager+ckpt": EAGER + CKPT,
     "no-pin": ["--data.pin_memory", "false"],
     "simple-profiler": ["--trainer.profiler", "simple"],
 }  # fmt: skip

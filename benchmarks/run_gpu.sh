@@ -7,7 +7,13 @@
 #   bash benchmarks/run_gpu.sh fit  [LIMIT_S] [extra fit_throughput.py args]    # salt fit, shipped config
 #   bash benchmarks/run_gpu.sh probe 340      # online probe step vs V-JEPA 2's (1 GPU, <= 6 min)
 #   bash benchmarks/run_gpu.sh probe2 340     # the same salt step under torchrun on 2 GPUs
-#     (probe: V-JEPA 2's checkout at $VJEPA2, default wheels/vjepa2, carried with the wheels)
+#     (probe: V-JEPA 2's checkout at $VJEPA2, default .peers/vjepa2, carried with the wheels)
+#   bash benchmarks/run_gpu.sh perf [LIMIT_S] [extra step_throughput.py args]   # salt vs V-JEPA 2, levers
+#
+# perf: V-JEPA 2's files come from $VJEPA2 (default .peers/vjepa2, staged beforehand with
+#   python benchmarks/peers/vjepa2_step.py --vjepa2 CHECKOUT --stage-to .peers/vjepa2
+# and carried); without them its rows are left out. FP8 rows use torchao when its wheel is in
+# wheels/ (else salt's torch._scaled_mm fallback).
 #
 # LIMIT_S (default 580) is the whole call's wall-clock budget; give the device call a timeout a
 # little above it. Results land in $OUT (default /tmp/salt_out): env.txt, *.json, *_log.txt and
@@ -52,6 +58,12 @@ try:
     print("xformers", xformers.__version__, "imports")
 except Exception as e:
     print("xformers not usable:", type(e).__name__, str(e)[:200])
+try:
+    import torchao
+    print("torchao", torchao.__version__)
+except Exception as e:
+    print("torchao not usable:", type(e).__name__, str(e)[:200])
+print("compute capability", torch.cuda.get_device_capability(0))
 EOF
 
 # Children stop by DEADLINE (variants get what is left); `timeout` is only a backstop, so the
@@ -79,7 +91,7 @@ case "$MODE" in
     D1=$((NOW + LEFT * 45 / 100)); D2=$((NOW + LEFT * 70 / 100))
     timeout $((D1 - NOW + 60)) $PY benchmarks/probe_throughput.py --models vit_large \
       --deadline "$D1" --json "$OUT/probe_vitl.json" "$@" 2>&1 | tee "$OUT/probe_log.txt"
-    VJEPA2=${VJEPA2:-wheels/vjepa2}
+    VJEPA2=${VJEPA2:-.peers/vjepa2}
     if [ -d "$VJEPA2/src" ]; then
       timeout $((D2 - $(date +%s) + 45)) $PY benchmarks/peers/vjepa2_probe.py --vjepa2 "$VJEPA2" \
         --batches 4 8 --deadline "$D2" --json "$OUT/probe_vjepa2.json" 2>&1 \
@@ -95,6 +107,16 @@ case "$MODE" in
       benchmarks/probe_throughput.py --models vit_large --deadline "$DEADLINE" \
       --json "$OUT/probe_2gpu.json" "$@" 2>&1 | tee "$OUT/probe2_log.txt"
     ;;
-  *) echo "unknown mode $MODE (h100 | x2 | fit | probe | probe2)"; exit 2 ;;
+  perf)
+    VJ=${VJEPA2:-.peers/vjepa2}
+    VJARG=()
+    if [ -f "$VJ/app/vjepa/utils.py" ]; then VJARG=(--vjepa2 "$VJ")
+    else echo "no V-JEPA 2 files at $VJ: its rows are left out"; fi
+    timeout "$BACKSTOP" $PY benchmarks/step_throughput.py --suite perf --json "$OUT/perf.json" \
+      --workdir /tmp --deadline "$DEADLINE" "${VJARG[@]}" "$@" 2>&1 | tee "$OUT/perf_log.txt"
+    cp /tmp/salt_bench/profile_student_compile.txt /tmp/salt_bench/profile_student_modules_fp8.txt \
+      "$OUT/" 2>/dev/null
+    ;;
+  *) echo "unknown mode $MODE (h100 | x2 | fit | probe | probe2 | perf)"; exit 2 ;;
 esac
 echo "run_gpu.sh done in $(( $(date +%s) - START ))s"

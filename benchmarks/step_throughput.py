@@ -61,6 +61,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="CPU intra-op threads (1 on CPU: spinning OpenMP threads slow tiny models)",
     )
+    p.add_argument(
+        "--suite", choices=("default", "perf"), default="default",
+        help="default: the issue-7 variants; perf: salt beside V-JEPA 2 and the levers",
+    )  # fmt: skip
+    p.add_argument("--vjepa2", default=None, help="V-JEPA 2 checkout for the vjepa2 rows")
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # a variant spec, as JSON
     args = p.parse_args(argv)
     if args.teacher_model is None:
@@ -119,7 +124,12 @@ def _run_subprocess(spec: dict, args: argparse.Namespace, timeout: float) -> dic
 
 def drive(args: argparse.Namespace) -> list[dict]:
     device = torch.device(args.device)
-    specs = default_variants(args)
+    if args.suite == "perf":
+        from perf_suite import perf_variants
+
+        specs = perf_variants(args)
+    else:
+        specs = default_variants(args)
     if args.only:
         wanted = set(args.only.split(","))
         specs = [s for s in specs if s["name"] in wanted]

@@ -9,6 +9,12 @@ subprocess. Kinds:
   eagerly with checkpointing off), MFU, peak memory; optionally a kernel profile.
 - ``memory``: one student size; doubling batch sizes until CUDA runs out of memory.
 - ``lightning``: ``Trainer.fit`` on the same synthetic batches (what the Trainer loop adds).
+- ``vjepa2``: V-JEPA 2's own step from a checkout (``peers/vjepa2_step.py``).
+- ``attn`` / ``sync``: attention kernels at the step's shapes, host syncs per step
+  (``perf_rows.py``); ``fp8_gate``: the FP8 teacher's quality gate (``fp8_gate.py``).
+
+A step variant's ``overrides`` go to the module's constructor (``compile_scope``,
+``compile_mode``, ``teacher_precision``, ...); ``perf_suite.py`` lists the ``perf`` suite.
 """
 
 from __future__ import annotations
@@ -208,6 +214,22 @@ def run_variant(spec: dict, device: torch.device, workdir: Path) -> dict:
             from lightning_run import run_lightning
 
             out.update(run_lightning(spec, device, workdir))
+        elif kind == "vjepa2":
+            from peers.vjepa2_step import run as run_vjepa2
+
+            out.update(run_vjepa2(spec, device))
+        elif kind == "attn":
+            from perf_rows import attention_row
+
+            out.update(attention_row(spec, device, workdir))
+        elif kind == "sync":
+            from perf_rows import sync_row
+
+            out.update(sync_row(spec, device, workdir))
+        elif kind == "fp8_gate":
+            import fp8_gate
+
+            out.update(fp8_gate.run(fp8_gate.parse_args(spec.get("argv", []))))
         else:
             raise ValueError(f"unknown variant kind {kind!r}")
         out.setdefault("status", "ok")
@@ -242,7 +264,7 @@ def build_for(spec: dict, device: torch.device, workdir: Path, compile: bool = F
         compile=compile,
         img_size=spec.get("img_size", 224),
         num_frames=spec.get("num_frames", 16),
-        **{**(spec.get("module_kwargs") or {}).get(stage, {}), **kw},
+        **{**(spec.get("module_kwargs") or {}).get(stage, {}), **spec.get("overrides", {}), **kw},
     )
 
 
@@ -287,10 +309,14 @@ def _run_step(spec: dict, device: torch.device, workdir: Path) -> dict:
         "mask_sizes": _mask_sizes(batches),
     }
     if spec.get("flops"):
-        res["flops"] = count_step_flops(module, batches, device, amp)
-        res["flop_breakdown"] = perf.flop_breakdown(
-            lambda: forward_backward(module, batches[0], device, amp)
-        )
+        try:  # a counting failure (e.g. a tensor subclass it cannot see through) costs the count only
+            res["flops"] = count_step_flops(module, batches, device, amp)
+            res["flop_breakdown"] = perf.flop_breakdown(
+                lambda: forward_backward(module, batches[0], device, amp)
+            )
+        except Exception as exc:
+            res["flops_error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
+            module.zero_grad(set_to_none=True)
     module.use_compile = bool(spec.get("compile"))
     prepare_like_fit(module)  # what setup("fit") does: collator, per-block compile
     step = make_train_step(module, batches, device, amp=amp, max_norm=spec.get("max_norm"))
@@ -309,6 +335,8 @@ def _run_step(spec: dict, device: torch.device, workdir: Path) -> dict:
                 step, device, workdir / f"profile_{spec['name']}.txt", statistics.median(times)
             )
     res["attn_backend_used"] = module.encoder.attn_backend_used
+    res["compiled"] = bool(getattr(module, "compiled", False))
+    res["fp8_backend"] = getattr(module, "fp8_backend", None)
     res.update(perf.summarize_ms(times))
     res["times_ms"] = times
     res["peak_mem_gib"] = perf.peak_memory_gib(device)

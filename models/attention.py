@@ -1,11 +1,16 @@
-"""Multi-head self-attention with 3D RoPE and a choice of kernel: PyTorch SDPA or xformers.
+"""Multi-head self-attention with 3D RoPE and a choice of kernel: PyTorch SDPA, FlexAttention
+or xformers.
 
 ``Attention`` computes qkv (with bias), rotates q and k with the shared RoPE tables, and runs
-``torch.nn.functional.scaled_dot_product_attention`` (layout ``[B, H, N, hd]``) or xformers
-``memory_efficient_attention`` (layout ``[B, N, H, hd]``). Which one runs is decided *once per
-forward* by the owning model through ``select_backend``, not per layer:
+``torch.nn.functional.scaled_dot_product_attention`` or ``flex_attention`` (layout
+``[B, H, N, hd]``) or xformers ``memory_efficient_attention`` (layout ``[B, N, H, hd]``). Which one
+runs is decided *once per forward* by the owning model through ``select_backend``, not per layer:
 
-- ``"sdpa"``: always SDPA.
+- ``"sdpa"``: always SDPA (PyTorch picks FlashAttention-2, cuDNN or memory-efficient).
+- ``"flex"``: ``torch.nn.attention.flex_attention`` without a mask. Inside ``torch.compile`` it
+  becomes one generated Triton kernel per shape (any head dim ≥ 16, any length); outside compile
+  it runs PyTorch's unfused reference (materialises the scores: correct, slow; PyTorch warns),
+  so it is meant for compiled runs. No backward on CPU (a PyTorch limit).
 - ``"xformers"``: xformers or a clear ``RuntimeError`` saying why it cannot run.
 - ``"auto"``: xformers when usable, else SDPA with one log line. xformers is unusable when it is
   not installed, when its compiled extension does not load (import fails, or the first call
@@ -26,7 +31,12 @@ from .rope import apply_rope
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("sdpa", "xformers", "auto")
+try:  # torch >= 2.5
+    from torch.nn.attention.flex_attention import flex_attention as _flex_attention
+except ImportError:  # pragma: no cover - older torch
+    _flex_attention = None
+
+BACKENDS = ("sdpa", "xformers", "flex", "auto")
 _PROBED: dict[tuple[str, torch.dtype, int], str | None] = {}  # key → None (usable) or reason
 _FALLBACK_LOGGED = False
 
@@ -70,16 +80,21 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
 
 
 def select_backend(requested: str, device: torch.device, dtype: torch.dtype, head_dim: int) -> str:
-    """Resolve ``"sdpa" | "xformers" | "auto"`` to the kernel that will run (``"sdpa"`` or
-    ``"xformers"``) for inputs of ``dtype`` on ``device``.
+    """Resolve ``"sdpa" | "xformers" | "flex" | "auto"`` to the kernel that will run (``"sdpa"``,
+    ``"flex"`` or ``"xformers"``) for inputs of ``dtype`` on ``device``.
 
     Raises:
         ValueError: unknown backend name.
-        RuntimeError: ``"xformers"`` requested explicitly but unusable here.
+        RuntimeError: ``"xformers"`` requested explicitly but unusable here, or ``"flex"`` on a
+            torch without FlexAttention.
     """
     global _FALLBACK_LOGGED
     if requested == "sdpa":
         return "sdpa"
+    if requested == "flex":
+        if _flex_attention is None:
+            raise RuntimeError("attn_backend='flex' needs torch >= 2.5 (FlexAttention)")
+        return "flex"
     if requested not in BACKENDS:
         raise ValueError(f"attn_backend must be one of {BACKENDS}, got {requested!r}")
     if torch.is_autocast_enabled(device.type):
@@ -99,7 +114,7 @@ def select_backend(requested: str, device: torch.device, dtype: torch.dtype, hea
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention: qkv (bias) → RoPE(q, k) → SDPA | xformers → output projection.
+    """Multi-head self-attention: qkv (bias) → RoPE(q, k) → SDPA | flex | xformers → projection.
 
     Args:
         dim: token width D.
@@ -127,7 +142,8 @@ class Attention(nn.Module):
         Args:
             x: ``[B, N, D]`` tokens.
             rope: ``(cos, sin)``, each ``[B or 1, N, hd]``, or None (no rotation).
-            backend: the resolved kernel, ``"sdpa"`` or ``"xformers"`` (see ``select_backend``).
+            backend: the resolved kernel, ``"sdpa"``, ``"flex"`` or ``"xformers"`` (see
+                ``select_backend``).
 
         Returns:
             ``[B, N, D]``.
@@ -145,5 +161,8 @@ class Attention(nn.Module):
             if rope is not None:
                 cos, sin = rope[0].unsqueeze(1), rope[1].unsqueeze(1)  # [B, 1, N, hd]
                 q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-            out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2)  # [B, N, H, hd]
+            if backend == "flex":
+                out = _flex_attention(q, k, v).transpose(1, 2)  # [B, N, H, hd]
+            else:
+                out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2)  # [B, N, H, hd]
         return self.proj(out.reshape(B, N, D))

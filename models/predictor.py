@@ -31,7 +31,7 @@ class Predictor(nn.Module):
         mlp_hidden_dim: predictor MLP hidden width (1536).
         num_mask_tokens: learnable mask tokens, one per mask config (2).
         pos_embed: ``"rope"`` or ``"sincos"``.
-        attn_backend: ``"sdpa"``, ``"xformers"`` or ``"auto"``.
+        attn_backend: ``"sdpa"``, ``"flex"``, ``"xformers"`` or ``"auto"``.
         act_checkpoint: recompute block activations in backward.
     """
 

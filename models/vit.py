@@ -71,7 +71,7 @@ class VideoViT(nn.Module):
         num_heads: attention heads (head dim = D / heads).
         mlp_hidden_dim: MLP hidden width.
         pos_embed: ``"rope"`` (3D RoPE in every block) or ``"sincos"`` (fixed table added once).
-        attn_backend: ``"sdpa"``, ``"xformers"`` or ``"auto"`` (see ``models.attention``).
+        attn_backend: ``"sdpa"``, ``"flex"``, ``"xformers"`` or ``"auto"`` (see ``models.attention``).
         act_checkpoint: recompute block activations in backward to save memory.
     """
 

@@ -14,6 +14,11 @@
 - health every ``health_every`` steps (RankMe, std of predictions and targets);
 - ``ckpt["salt"]`` metadata (docs/architecture.md), including the mean training loss since the
   previous checkpoint, accumulated on the device and read only when a checkpoint is written;
+- compilation: ``compile=True`` compiles each transformer block (``compile_scope="blocks"``) or
+  each whole module's forward (``"modules"``) with ``torch.compile(mode=compile_mode)`` where that
+  can work (a CUDA device, Triton importable, a C compiler on PATH for Triton's launcher);
+  elsewhere (CPU runs, a box without Triton or a compiler) it logs one warning and runs eager,
+  so a shipped config with ``compile: true`` still runs everywhere;
 - the SDPA kernel: cuDNN attention is switched off while fitting (``cudnn_attention=False``).
   cuDNN builds an execution plan for every new sequence length (≈ 0.5 s on an H100), and SALT's
   masks give every batch new context / target lengths, so a run pays that cost on most of its
@@ -23,7 +28,11 @@
 
 from __future__ import annotations
 
+import importlib.util
+import logging
 import math
+import os
+import shutil
 import time
 from collections.abc import Sequence
 from typing import Any, ClassVar
@@ -40,11 +49,68 @@ from salt.optim import build_adamw, unwrap_optimizer
 from salt.schedules import WarmupCosineSchedule
 from salt.step import prepare_optimizer_step
 
+log = logging.getLogger(__name__)
+COMPILE_SCOPES = ("blocks", "modules")
+_COMPILE_FALLBACK_WARNED = False
 
-def compile_blocks(module: nn.Module) -> None:
+
+def compile_blocks(module: nn.Module, mode: str | None = None) -> None:
     """``torch.compile`` each transformer block in place (state-dict keys stay unchanged)."""
     for block in module.blocks:
-        block.compile()
+        block.compile(mode=mode)
+
+
+def compile_unavailable_reason(device: torch.device) -> str | None:
+    """Why ``torch.compile`` cannot (or should not) run for ``device``; None when it can.
+
+    Compiled training here means Inductor's Triton kernels: CUDA only, Triton importable, and a
+    C compiler (Triton builds its kernel launcher with one the first time it runs).
+    """
+    if device.type != "cuda":
+        return f"compiled training is for CUDA devices (this run is on {device.type})"
+    if importlib.util.find_spec("triton") is None:
+        return "Triton is not installed"
+    try:
+        import triton  # noqa: F401
+    except Exception as exc:  # a broken install
+        return f"Triton does not import ({type(exc).__name__}: {exc})"
+    cc = os.environ.get("CC")
+    if not (cc and shutil.which(cc)) and not any(shutil.which(c) for c in ("cc", "gcc", "clang")):
+        return "no C compiler on PATH (cc, gcc or clang; Triton needs one)"
+    return None
+
+
+def compile_modules(
+    modules: Sequence[nn.Module],
+    device: torch.device,
+    scope: str = "blocks",
+    mode: str | None = None,
+) -> bool:
+    """Compile ``modules`` in place for a run on ``device``; False (and one warning per process)
+    when ``compile_unavailable_reason`` says it cannot, in which case they stay eager.
+
+    Args:
+        modules: modules with ``.blocks`` (``VideoViT``, ``Predictor``).
+        device: the device the run trains on.
+        scope: ``"blocks"`` (each block: small graphs, quick to compile) or ``"modules"`` (each
+            module's whole forward: fewer graph calls per step, longer compile).
+        mode: ``torch.compile`` mode (None, ``"reduce-overhead"`` for CUDA graphs, ...).
+    """
+    global _COMPILE_FALLBACK_WARNED
+    if scope not in COMPILE_SCOPES:
+        raise ValueError(f"compile_scope must be one of {COMPILE_SCOPES}, got {scope!r}")
+    reason = compile_unavailable_reason(torch.device(device))
+    if reason is not None:
+        if not _COMPILE_FALLBACK_WARNED:
+            _COMPILE_FALLBACK_WARNED = True
+            log.warning("compile: true, but running eager: %s", reason)
+        return False
+    for module in modules:
+        if scope == "blocks":
+            compile_blocks(module, mode)
+        else:
+            module.compile(mode=mode)
+    return True
 
 
 class SaltModule(pl.LightningModule):
@@ -64,7 +130,11 @@ class SaltModule(pl.LightningModule):
         final_weight_decay: weight decay at ``trainer.max_steps``.
         betas: AdamW betas.
         eps: AdamW epsilon.
-        compile: ``torch.compile`` every transformer block.
+        compile: ``torch.compile`` the stage's modules where it can run (CUDA with Triton and a C
+            compiler); elsewhere one warning and eager (see the module docstring).
+        compile_scope: ``"blocks"`` (every transformer block) or ``"modules"`` (every module's
+            whole forward).
+        compile_mode: ``torch.compile`` mode (None = default; ``"reduce-overhead"`` = CUDA graphs).
         cudnn_attention: let PyTorch SDPA use cuDNN attention while fitting (False: excluded for
             the fit, restored after; see the module docstring).
         health_every: compute RankMe / std health signals every this many steps (0 = never).
@@ -94,8 +164,14 @@ class SaltModule(pl.LightningModule):
         health_every: int,
         max_nonfinite: int,
         cudnn_attention: bool = False,
+        compile_scope: str = "blocks",
+        compile_mode: str | None = None,
     ) -> None:
         super().__init__()
+        if compile_scope not in COMPILE_SCOPES:
+            raise ValueError(
+                f"compile_scope must be one of {COMPILE_SCOPES}, got {compile_scope!r}"
+            )
         if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
             raise ValueError(f"mean/std need 3 channels and std > 0, got {mean}, {std}")
         self.img_size, self.num_frames = int(img_size), int(num_frames)
@@ -112,6 +188,9 @@ class SaltModule(pl.LightningModule):
             "eps": eps,
         }
         self.use_compile = compile
+        self.compile_scope, self.compile_mode = compile_scope, compile_mode
+        self.compiled = False  # set by setup("fit"): whether compilation really happened
+        self._norm_stats: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
         self.cudnn_attention = bool(cudnn_attention)
         self._cudnn_sdp_before: bool | None = None  # the process setting restored at teardown
         self.health_every = int(health_every)
@@ -134,8 +213,19 @@ class SaltModule(pl.LightningModule):
         raise NotImplementedError
 
     def normalize(self, video: torch.Tensor) -> torch.Tensor:
-        """uint8 ``[B, C, T, H, W]`` → normalised float32 on the same device."""
-        return normalize(video, self.mean, self.std)
+        """uint8 ``[B, C, T, H, W]`` → normalised float32 on the same device.
+
+        mean/std are device tensors made once per device: built from Python lists at every step,
+        they were a blocking host→device copy (a host sync) in every training step.
+        """
+        stats = self._norm_stats.get(video.device)
+        if stats is None:
+            stats = tuple(
+                torch.tensor(v, dtype=torch.float32, device=video.device)
+                for v in (self.mean, self.std)
+            )
+            self._norm_stats[video.device] = stats
+        return normalize(video, *stats)
 
     def grid(self) -> tuple[int, int, int]:
         """Token grid ``(T', H', W')`` of this run's clips."""
@@ -155,8 +245,12 @@ class SaltModule(pl.LightningModule):
             self._cudnn_sdp_before = True
             torch.backends.cuda.enable_cudnn_sdp(False)  # process-wide: forward and recompute agree
         if self.use_compile:
-            for module in self.compiled_modules():
-                compile_blocks(module)
+            self.compiled = compile_modules(
+                self.compiled_modules(),
+                self.trainer.strategy.root_device,
+                self.compile_scope,
+                self.compile_mode,
+            )
 
     def teardown(self, stage: str) -> None:
         if self._cudnn_sdp_before is not None:

@@ -30,6 +30,8 @@ from torch import nn
 
 from salt.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from salt.encoder_io import file_sha256, load_encoder
+from salt.errors import UsageError
+from salt.fp8 import check_teacher_precision, prepare_teacher, teacher_input
 from salt.models import Predictor, VideoViT, create_encoder
 from salt.module_base import SaltModule
 from salt.schedules import ema_momentum
@@ -85,6 +87,9 @@ class StudentModule(SaltModule):
         ema_final_momentum: None for a constant momentum (V-JEPA 2), else linear to this (V-JEPA 1:
             0.998 → 1.0).
         target_layer: teacher block whose output is the target (-1: the final, normed output).
+        teacher_precision: ``"fp32"`` (teacher weights as loaded), ``"bf16"`` (cast once) or
+            ``"fp8"`` (block matmuls in FP8; GPUs with compute capability ≥ 8.9 only, see
+            ``salt.fp8``). Frozen teachers only.
         predictor_dim: predictor width (384).
         predictor_depth: predictor blocks (12).
         predictor_heads: predictor heads (12).
@@ -92,8 +97,8 @@ class StudentModule(SaltModule):
         loss: ``"l1"`` (SALT) or ``"mse"``.
         act_checkpoint: activation checkpointing in student encoder and predictor.
         masks, mean, std, lr, start_lr, final_lr, warmup_steps, weight_decay, final_weight_decay,
-            betas, eps, compile, cudnn_attention, health_every, max_nonfinite:
-                see ``salt.module_base.SaltModule``.
+            betas, eps, compile, compile_scope, compile_mode, cudnn_attention, health_every,
+            max_nonfinite: see ``salt.module_base.SaltModule``.
     """
 
     stage = "student"
@@ -109,6 +114,7 @@ class StudentModule(SaltModule):
         ema_momentum: float = 0.99925,
         ema_final_momentum: float | None = None,
         target_layer: int = -1,
+        teacher_precision: Literal["fp32", "bf16", "fp8"] = "fp32",
         predictor_dim: int = 384,
         predictor_depth: int = 12,
         predictor_heads: int = 12,
@@ -127,6 +133,8 @@ class StudentModule(SaltModule):
         eps: float = 1e-8,
         act_checkpoint: bool = False,
         compile: bool = False,
+        compile_scope: Literal["blocks", "modules"] = "blocks",
+        compile_mode: str | None = None,
         cudnn_attention: bool = False,
         health_every: int = 100,
         max_nonfinite: int = 20,
@@ -146,6 +154,8 @@ class StudentModule(SaltModule):
             betas=betas,
             eps=eps,
             compile=compile,
+            compile_scope=compile_scope,
+            compile_mode=compile_mode,
             cudnn_attention=cudnn_attention,
             health_every=health_every,
             max_nonfinite=max_nonfinite,
@@ -154,6 +164,15 @@ class StudentModule(SaltModule):
         if teacher == "ema":
             teacher, teacher_mode = None, "ema"
         self.teacher_mode, self.loss_kind = teacher_mode, loss
+        check_teacher_precision(teacher_precision)
+        if teacher_mode == "ema" and teacher_precision != "fp32":
+            raise UsageError(
+                f"teacher_precision={teacher_precision!r} is for a frozen teacher; the EMA teacher "
+                "is updated from the student's weights every step and stays fp32"
+            )
+        self.teacher_precision = teacher_precision
+        self.fp8_backend: str | None = None  # set when the FP8 teacher is built
+        self._teacher_prepared_on: torch.device | None = None
         self.ema = (ema_momentum, ema_final_momentum)
         self.encoder = create_encoder(
             encoder,
@@ -221,10 +240,14 @@ class StudentModule(SaltModule):
         return self._teacher[0]
 
     def teacher_on(self, device: torch.device) -> FrozenTeacher:
-        """The teacher, moved to ``device`` first if needed (no host sync)."""
+        """The teacher, moved to ``device`` first if needed (no host sync); the first time on a
+        device it is put into ``teacher_precision`` (``UsageError`` for FP8 without FP8 cores)."""
         teacher = self._teacher[0]
         if next(teacher.parameters()).device != device:
             teacher.to(device)
+        if self._teacher_prepared_on != device:
+            self.fp8_backend = prepare_teacher(teacher.encoder, self.teacher_precision, device)
+            self._teacher_prepared_on = device
         return teacher
 
     def compiled_modules(self) -> list[nn.Module]:
@@ -245,7 +268,8 @@ class StudentModule(SaltModule):
         """
         video = self.normalize(batch["video"])  # [B, C, T, H, W] float32
         teacher = self.teacher_on(video.device)
-        targets = latent_targets(teacher.encoder, video, self.target_layer)  # [B, N, Dt]
+        clip = teacher_input(video, self.teacher_precision)
+        targets = latent_targets(teacher.encoder, clip, self.target_layer)  # [B, N, Dt]
         per_mask = gather_mask_targets(targets, batch["masks"])  # [[B, nt_m, Dt], ...]
         return latent_loss(
             self.encoder,

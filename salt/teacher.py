@@ -40,8 +40,8 @@ class TeacherModule(SaltModule):
         norm_pix_eps: ε of the per-tubelet normalisation.
         act_checkpoint: activation checkpointing in encoder and decoder.
         masks, mean, std, lr, start_lr, final_lr, warmup_steps, weight_decay, final_weight_decay,
-            betas, eps, compile, cudnn_attention, health_every, max_nonfinite:
-                see ``salt.module_base.SaltModule``.
+            betas, eps, compile, compile_scope, compile_mode, cudnn_attention, health_every,
+            max_nonfinite: see ``salt.module_base.SaltModule``.
     """
 
     stage = "teacher"
@@ -71,6 +71,8 @@ class TeacherModule(SaltModule):
         eps: float = 1e-8,
         act_checkpoint: bool = False,
         compile: bool = False,
+        compile_scope: Literal["blocks", "modules"] = "blocks",
+        compile_mode: str | None = None,
         cudnn_attention: bool = False,
         health_every: int = 100,
         max_nonfinite: int = 20,
@@ -90,6 +92,8 @@ class TeacherModule(SaltModule):
             betas=betas,
             eps=eps,
             compile=compile,
+            compile_scope=compile_scope,
+            compile_mode=compile_mode,
             cudnn_attention=cudnn_attention,
             health_every=health_every,
             max_nonfinite=max_nonfinite,

@@ -122,3 +122,53 @@ def test_auto_on_cuda_matches_sdpa(fresh_backend_state):
         model.attn_backend = "sdpa"
         ref = model(x)
     torch.testing.assert_close(out.float(), ref.float(), rtol=3e-2, atol=3e-2)
+
+
+@pytest.mark.parametrize("use_rope", [False, True])
+def test_flex_matches_naive_reference(use_rope):
+    """FlexAttention (PyTorch's reference path on the CPU; forward only: it has no CPU backward)
+    gives the same attention as the explicit softmax in fp32."""
+    module, x, rope = _module_and_input(seed=2)
+    module, x = module.float(), x.float()
+    rope = (rope[0].float(), rope[1].float()) if use_rope else None
+    with torch.no_grad():
+        got = module(x, rope, backend="flex")
+        want = naive_attention(module, x, rope)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_flex_backend_in_encoder_and_predictor_matches_sdpa():
+    from salt.models import create_predictor
+
+    torch.manual_seed(0)
+    enc = create_encoder("vit_test", attn_backend="sdpa")
+    pred = create_predictor(enc.embed_dim, 32, size="predictor_test")
+    x = torch.randn(2, 3, 4, 32, 32)
+    ctx = torch.tensor([[0, 2, 5], [1, 3, 7]])
+    tgt = torch.tensor([[1, 4], [0, 6]])
+    grid = enc.grid(x)
+    with torch.no_grad():
+        ref_z = enc(x, ctx)
+        ref_p = pred(ref_z, ctx, tgt, grid)
+        enc.attn_backend = pred.attn_backend = "flex"
+        z = enc(x, ctx)
+        p = pred(z, ctx, tgt, grid)
+    assert enc.attn_backend_used == pred.attn_backend_used == "flex"
+    torch.testing.assert_close(z, ref_z, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(p, ref_p, rtol=1e-5, atol=1e-5)
+    assert select_backend("flex", torch.device("cpu"), torch.float32, 16) == "flex"
+
+
+@requires_cuda
+def test_flex_on_cuda_matches_sdpa_with_gradients():
+    torch.manual_seed(0)
+    module = Attention(64, 4).cuda()
+    x = torch.randn(2, 40, 64, device="cuda", requires_grad=True)
+    grads = []
+    for backend in ("sdpa", "flex"):
+        x.grad = None
+        out = module(x, None, backend=backend)
+        out.square().sum().backward()
+        grads.append((out.detach(), x.grad.clone()))
+    torch.testing.assert_close(grads[1][0], grads[0][0], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(grads[1][1], grads[0][1], rtol=1e-4, atol=1e-4)

@@ -1,0 +1,199 @@
+"""The ``perf`` suite of ``step_throughput.py``: salt's step beside V-JEPA 2's, and the levers.
+
+One GPU call, most important row first (a deadline cuts from the end). Expected seconds per
+row on one H200 with a cold compile cache are in ``limit_s``'s comment; rows after the first
+compiled one reuse Inductor's on-disk caches where their graphs repeat.
+
+1. ``peak``: bf16 matmul peak (MFU denominator).
+2. ``student_compile``: the ViT-L student step as shipped today (blocks compiled), profiled.
+3. ``vjepa2_compile`` / ``vjepa2_eager``: V-JEPA 2's own step (``--vjepa2 DIR``) at the same
+   sizes, masks and batch (the ratio the targets are stated in).
+4. ``fp8_cos``: the FP8 teacher's cosine gate at ViT-L 16 × 224² (torchao and ``_scaled_mm``).
+5. ``attn``: attention kernels at the step's shapes (FA-2, cuDNN, memory-efficient, xformers),
+   with parity against fp32 (the xformers parity check).
+6. ``student_modules_fp8``: whole-module compile + FP8 teacher (the expected best), profiled.
+7. ``teacher_modules_b64``: stage-1 step, whole-module compile, batch 64 (MFU target).
+8. then one lever at a time: whole-module compile alone, xformers, bf16 teacher, stage-1
+   baselines and CUDA graphs, the host-sync count, FlexAttention, the FP8 loss gate, ViT-g rows.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def perf_variants(args: Any) -> list[dict]:
+    """The suite for ``args`` (step_throughput's arguments); on CPU the smoke subset."""
+    if args.device == "cpu":
+        return smoke_variants(args)
+    base = {
+        "model": args.model,
+        "teacher_model": args.teacher_model,
+        "batch": args.batch,
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "max_norm": args.max_norm,
+    }
+    st = {
+        **base,
+        "kind": "step",
+        "stage": "student",
+        "attn": "sdpa",
+        "act_ckpt": False,
+        "compile": True,
+    }
+    te = {**st, "stage": "teacher", "model": args.teacher_model}
+    modules = {"compile_scope": "modules"}
+    fp8 = {"teacher_precision": "fp8"}
+    vj = {
+        "kind": "vjepa2",
+        "vjepa2": args.vjepa2,
+        "model": "vit_large",
+        "batch": args.batch,
+        "img": 224,
+        "frames": 16,
+        "pred_dim": 384,
+        "pred_depth": 12,
+        "pred_heads": 12,
+        "act_ckpt": False,
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "mask_sets": 8,
+    }
+    rows = [
+        {"name": "peak", "kind": "peak", "limit_s": 40},  # ~8 s
+        {**st, "name": "student_compile", "flops": True, "profile": True, "limit_s": 150},  # ~75
+    ]
+    if args.vjepa2:
+        rows += [
+            {**vj, "name": "vjepa2_compile", "compile": True, "limit_s": 200},  # ~100
+            {**vj, "name": "vjepa2_eager", "compile": False, "limit_s": 90},  # ~30
+        ]
+    rows += [
+        {"name": "fp8_cos", "kind": "fp8_gate", "argv": ["--part", "cosine"], "limit_s": 60},  # ~25
+        {
+            "name": "attn",
+            "kind": "attn",
+            "kernels": ["flash", "cudnn", "efficient", "xformers"],
+            "limit_s": 60,
+        },  # ~20
+        {
+            **st,
+            "name": "student_modules_fp8",
+            "overrides": {**modules, **fp8},
+            "profile": True,
+            "limit_s": 180,
+        },  # ~95
+        {
+            **te,
+            "name": "teacher_modules_b64",
+            "batch": 64,
+            "overrides": modules,
+            "flops": True,
+            "limit_s": 150,
+        },  # ~80
+        # ---- about 8 minutes to here; one lever at a time below
+        {**st, "name": "student_modules", "overrides": modules, "limit_s": 150},  # ~50
+        {**st, "name": "student_xformers", "attn": "xformers", "limit_s": 150},  # ~70
+        {**te, "name": "teacher_compile", "flops": True, "limit_s": 120},  # ~40
+        {
+            **te,
+            "name": "teacher_cudagraphs",
+            "overrides": {"compile_mode": "reduce-overhead"},
+            "limit_s": 150,
+        },  # ~60
+        {
+            **st,
+            "name": "sync",
+            "kind": "sync",
+            "compile": False,
+            "batch": 4,
+            "steps": 3,
+            "limit_s": 60,
+        },  # ~25
+        {
+            **st,
+            "name": "student_bf16t",
+            "overrides": {"teacher_precision": "bf16"},
+            "limit_s": 120,
+        },  # ~45
+        {**st, "name": "student_fp8", "overrides": fp8, "limit_s": 120},  # ~45
+        {**te, "name": "teacher_modules", "overrides": modules, "limit_s": 120},  # ~40
+        {
+            **te,
+            "name": "teacher_modules_b96",
+            "batch": 96,
+            "overrides": modules,
+            "flops": True,
+            "limit_s": 150,
+        },  # ~60
+        {"name": "attn_flex", "kind": "attn", "kernels": ["flex"], "limit_s": 90},  # ~40
+        {
+            **st,
+            "name": "student_modules_flex",
+            "attn": "flex",
+            "overrides": {**modules, **fp8},
+            "limit_s": 180,
+        },  # ~90
+        {"name": "fp8_loss", "kind": "fp8_gate", "argv": ["--part", "loss"], "limit_s": 120},  # ~50
+    ]
+    if args.vjepa2:
+        rows.append(
+            {
+                **vj,
+                "name": "vjepa2_vitg_compile",
+                "model": "vit_giant",
+                "batch": 16,
+                "compile": True,
+                "limit_s": 240,
+            }  # ~120
+        )
+    rows += [
+        {
+            **st,
+            "name": "student_vitg_modules_fp8",
+            "model": "vit_giant",
+            "batch": 16,
+            "overrides": {**modules, **fp8},
+            "flops": True,
+            "limit_s": 240,
+        },  # ~120
+        {"name": "peak_end", "kind": "peak", "limit_s": 40},
+    ]
+    return rows
+
+
+def smoke_variants(args: Any) -> list[dict]:
+    """CPU smoke of the suite's machinery (tiny sizes, eager): a salt student row that asks for
+    whole-module compile (falls back to eager on the CPU) and V-JEPA 2's step at its tiny sizes."""
+    from variants import TINY_HEADS
+
+    rows = [
+        {"name": "peak", "kind": "peak"},
+        {"name": "student_compile", "kind": "step", "stage": "student", "model": args.model,
+         "teacher_model": args.teacher_model, "batch": args.batch, "steps": args.steps,
+         "warmup": args.warmup, "max_norm": None, "attn": "sdpa", "act_ckpt": False,
+         "compile": True, "overrides": {"compile_scope": "modules"}, "img_size": 64,
+         "num_frames": 8, "module_kwargs": TINY_HEADS, "flops": True},
+    ]  # fmt: skip
+    if args.vjepa2:
+        rows.append(
+            {
+                "name": "vjepa2_eager",
+                "kind": "vjepa2",
+                "vjepa2": args.vjepa2,
+                "model": "vit_tiny",
+                "batch": 2,
+                "img": 64,
+                "frames": 4,
+                "pred_dim": 96,
+                "pred_depth": 2,
+                "pred_heads": 4,
+                "act_ckpt": False,
+                "compile": False,
+                "steps": args.steps,
+                "warmup": 1,
+                "mask_sets": 2,
+            }  # fmt: skip
+        )
+    return rows

@@ -17,14 +17,16 @@ import json
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
+from salt.errors import cli_entry
 from salt.probes import tracking
 from salt.probes.config import ProbeConfig, load_config
-from salt.probes.metrics import save_confusion_png
-from salt.probes.protocol import ProbeResult, evaluate_encoder, random_like
+
+if TYPE_CHECKING:  # torch and the probe protocol load in run(): `salt-probe --help` stays fast
+    import torch
+
+    from salt.probes.protocol import ProbeResult
 
 _FLOAT_LISTS = ("lrs", "wds", "linear_lrs", "linear_wds")
 
@@ -70,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _device(name: str) -> torch.device:
+    import torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
@@ -155,8 +159,12 @@ def _log_mlflow(
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Everything `salt-probe` does, returning the JSON-able result."""
+    import torch
+
     from salt.encoder_io import file_sha256
     from salt.probes import load_encoder
+    from salt.probes.metrics import save_confusion_png
+    from salt.probes.protocol import evaluate_encoder, random_like
 
     overrides = {k: getattr(args, k) for k in ProbeConfig.__dataclass_fields__}
     cfg = load_config(args.config, overrides)
@@ -218,13 +226,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+@cli_entry("salt-probe", also=(FileNotFoundError, ValueError, MemoryError))
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        run(args)
-    except (FileNotFoundError, ValueError, MemoryError) as e:
-        print(f"salt-probe: error: {e}", file=sys.stderr)
-        return 2
+    run(build_parser().parse_args(argv))
     return 0
 
 

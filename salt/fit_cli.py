@@ -208,15 +208,18 @@ class SaltCLI(LightningCLI):
         parser.link_arguments("data.crop_size", "model.init_args.img_size")
 
     # ----------------------------------------------------------------- checks before any work
-    def before_instantiate_classes(self) -> None:
-        """Input checks that need the parsed config but no model: the shard patterns match
-        files, GPUs asked for exist. Before the teacher is loaded and the Trainer starts."""
-        cfg = self.config[self.subcommand] if self.subcommand else self.config
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """Parse, then check what needs the parsed config but no model: the shard patterns match
+        files, GPUs asked for exist. Before the seed, the teacher and the Trainer's processes."""
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        if not subcommand:  # run=False: parse (and instantiate) only, as tests and tools do
+            return
+        cfg = self.config[subcommand]
         data = cfg.get("data") or {}
-        if self.subcommand:
-            check_shards("--data.train_shards", data.get("train_shards"))
-            if data.get("val_shards"):
-                check_shards("--data.val_shards", data.get("val_shards"))
+        check_shards("--data.train_shards", data.get("train_shards"))
+        if data.get("val_shards"):
+            check_shards("--data.val_shards", data.get("val_shards"))
         check_accelerator(cfg.get("trainer") or {})
 
     # ----------------------------------------------------------------- run folder
@@ -392,10 +395,31 @@ def fit(argv: list[str]) -> SaltCLI:
         try:
             return SaltCLI(
                 args=["fit", *argv],
-                parser_kwargs={"exit_on_error": False, "fit": {"exit_on_error": False}},
+                parser_kwargs={
+                    "prog": "salt",
+                    "exit_on_error": False,
+                    "fit": {"exit_on_error": False},
+                },  # fmt: skip
             )
         except ArgumentError as e:
             raise UsageError(f"{e} (salt fit --help lists the options)") from None
+        except ValueError as e:
+            cause = usage_cause(e)
+            if cause is None:
+                raise
+            raise cause from None
+
+
+def usage_cause(exc: BaseException) -> UsageError | None:
+    """The ``UsageError`` behind ``exc``: jsonargparse wraps what a constructor raises (e.g. a
+    wrong ``--model.teacher``) in a ValueError listing every type it tried."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, UsageError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:

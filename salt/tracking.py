@@ -43,6 +43,7 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_only
 from salt.tracking_uri import (  # noqa: F401  (re-exported: the public names of this module)
     default_tracking_uri,
     is_remote,
+    redact_text,
     redact_uri,
     relative_to,
     resolve_tracking_uri,
@@ -137,6 +138,9 @@ class SaltMLflowLogger(Logger):
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+            # MLflow prints the run's URL (from the URI, credentials and all) when it ends; the
+            # summary of salt fit prints a redacted one.
+            os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         self._experiment_name, self._run_name = experiment_name, run_name
         self._tracking_uri, self.shown_uri = tracking_uri, redact_uri(tracking_uri)
         self._run_dir = Path(run_dir)
@@ -161,7 +165,7 @@ class SaltMLflowLogger(Logger):
                     raise
                 log.warning(
                     "MLflow run %s of run.json is not in %s (%s); starting a new run",
-                    self._run_id, self.shown_uri, e,
+                    self._run_id, self.shown_uri, redact_text(str(e)),
                 )  # fmt: skip
                 self._run_id = None
         exp_id = _experiment_id(client, self._experiment_name, self._artifact_location)
@@ -203,7 +207,8 @@ class SaltMLflowLogger(Logger):
             log.warning(
                 "MLflow store %s unreachable when opening run %r (%s: %s); training goes on, "
                 "metrics are spooled to %s and the run is created when the store is back",
-                self.shown_uri, self._run_name, type(error).__name__, error, self._run_dir,
+                self.shown_uri, self._run_name, type(error).__name__, redact_text(str(error)),
+                self._run_dir,
             )  # fmt: skip
         self._run_id = run_id
         self._writer = TrackingWriter(

@@ -4,7 +4,7 @@
   (root = ``trainer.default_root_dir``). MLflow ≥ 3.13 refuses the plain file store.
 - ``redact_uri``: a URI as it may be written anywhere (``run.json``, MLflow params, the saved
   config, logs): user and password removed from the network location, secret-looking query
-  values masked. Credentials belong in MLflow's own environment variables
+  values masked; ``redact_text`` does the same to every URI inside a message. Credentials belong in MLflow's own environment variables
   (``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD`` / ``MLFLOW_TRACKING_TOKEN``) or a
   ``.pgpass`` file, which salt never records.
 - Paths that survive moving ``runs/``: a sqlite store lives in the root that also holds the run
@@ -16,10 +16,14 @@
 from __future__ import annotations
 
 import os
+import re
 import urllib.parse
 from pathlib import Path
 
 _SECRET_KEYS = ("password", "passwd", "pwd", "secret", "token", "key", "signature", "sig", "auth")
+_USERINFO = re.compile(r"(\b[a-zA-Z][\w+.-]*://)[^/\s@]+@")
+_KEYS = "|".join(_SECRET_KEYS)
+_SECRET_QUERY = re.compile(rf"([?&][\w.-]*(?:{_KEYS})[\w.-]*=)[^&\s#\"')]+", re.I)
 
 
 def default_tracking_uri(root: str | os.PathLike) -> str:
@@ -60,6 +64,12 @@ def redact_uri(uri: str | None) -> str | None:
             ]
             query = urllib.parse.urlencode(masked, safe="*")
     return f"{scheme}://{netloc}{slash}{tail}{qmark}{query}"
+
+
+def redact_text(text: str) -> str:
+    """``text`` (an error message, a log line) with every URI in it redacted: MLflow's own
+    exceptions quote the full request URL, credentials included."""
+    return _SECRET_QUERY.sub(r"\1***", _USERINFO.sub(r"\1", text))
 
 
 def store_dir(uri: str | None) -> Path | None:

@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from salt.tracking_uri import redact_uri
+from salt.tracking_uri import redact_text, redact_uri
 
 log = logging.getLogger("salt.tracking")
 
@@ -261,7 +261,7 @@ class TrackingWriter:
         now = time.monotonic()
         self._backoff = min(self.max_backoff_s, max(self.first_backoff_s, 2 * self._backoff))
         self._retry_at = now + self._backoff
-        self.stats["last_error"] = f"{type(exc).__name__}: {exc}"[:300]
+        self.stats["last_error"] = redact_text(f"{type(exc).__name__}: {exc}")[:300]
         if self.stats["down_since"] is None:
             self.stats["down_since"] = now
             self.stats["outages"] += 1
@@ -287,7 +287,9 @@ class TrackingWriter:
         kind = f"{op['op']}:{getattr(exc, 'error_code', '')}"
         if kind not in self._warned:
             self._warned.add(kind)
-            log.warning("MLflow store rejected a %s operation, dropped: %s", op["op"], exc)
+            log.warning(
+                "MLflow store rejected a %s operation, dropped: %s", op["op"], redact_text(str(exc))
+            )
 
     # ----------------------------------------------------------------- spool
     def _spool(self, ops: list[dict]) -> None:

@@ -230,12 +230,16 @@ def table_row(r: dict) -> str:
     w, s = r["writer"], r["store"]
     lost = s["expected"] - s["stored"]
     down, before = r["step_s"]["down"], r["step_s"]["before"]
+    back = r["up_at_s"] - r["down_at_s"]
     happened = (
+        f"server answered again {back:.0f} s after it stopped (its restart took "
+        f"{r['restart_s']:.0f} s); "
         f"training went on: steps {r['down_step']}→{r['up_step']} ran while it was down "
         f"(median step {down.get('median', 0):.3f} s, max {down.get('max', 0):.3f} s; before "
         f"the outage {before.get('median', 0):.3f} / {before.get('max', 0):.3f} s); "
-        f"{w['spooled']} operation(s) spooled to the run folder, {w['replayed']} replayed after "
-        f"the store returned; run {s['status']}"
+        f"{w['spooled']} operation(s) spooled to the run folder; the first retry to get through "
+        f"came {w['back_after_s']} s after the outage began and the spool ({w['replayed']} "
+        f"replayed) was clear {w['down_s']:.0f} s after it; run {s['status']}"
     )
     return (
         f"tracking store unreachable {r['outage_s']:.0f} s mid-run | {happened} | "

@@ -111,9 +111,11 @@ class TrackingWriter:
         self._client = None
         self._backoff = 0.0
         self._retry_at = 0.0
+        self._through_since: float | None = None
         self._warned: set[str] = set()
         self.stats = {"sent": 0, "spooled": 0, "replayed": 0, "dropped": 0, "outages": 0,
-                      "down_since": None, "down_s": 0.0, "last_error": None}  # fmt: skip
+                      "down_since": None, "down_s": 0.0, "back_after_s": None,
+                      "last_error": None}  # fmt: skip
 
     # ----------------------------------------------------------------- producer side (any thread)
     def log_metrics(self, metrics: Mapping[str, float], step: int, timestamp_ms: int | None = None):
@@ -233,6 +235,7 @@ class TrackingWriter:
                 if self.open_run is None:
                     return False
                 self.run_id = self.open_run(self._get_client())
+                self._first_through()
                 if self.on_run_id is not None:
                     self.on_run_id(self.run_id)
             self._replay()
@@ -271,14 +274,22 @@ class TrackingWriter:
                 self.shown_uri, self.stats["last_error"], self.spool_path, self.max_backoff_s,
             )  # fmt: skip
 
+    def _first_through(self) -> None:
+        """Record when the first write got through after the store went away."""
+        since = self.stats["down_since"]
+        if since is not None and self._through_since != since:
+            self._through_since = since
+            self.stats["back_after_s"] = round(time.monotonic() - since, 1)
+
     def _up(self) -> None:
         since = self.stats["down_since"]
         if since is not None:
             self.stats["down_s"] += time.monotonic() - since
             self.stats["down_since"] = None
             log.warning(
-                "MLflow store %s reachable again after %.0f s; spooled operations replayed",
-                self.shown_uri, time.monotonic() - since,
+                "MLflow store %s reachable again (first write through %s s after it went away); "
+                "spool replayed %.0f s after it went away",
+                self.shown_uri, self.stats["back_after_s"], time.monotonic() - since,
             )  # fmt: skip
         self._backoff = 0.0
 
@@ -347,6 +358,7 @@ class TrackingWriter:
                     continue
                 try:
                     self._send(op)
+                    self._first_through()
                 except Exception as e:
                     if not is_permanent(e):
                         raise

@@ -6,7 +6,10 @@
 
 ``make`` prints one summary line (written / skipped / shards / bytes) and writes
 ``<name>-report.json`` beside the shards listing every file it skipped and why. The exit status is
-0 when at least one video was written (bad inputs are reported, not fatal), 1 when none was.
+0 when at least one video was written (bad inputs are reported, not fatal), 1 when none was, 2
+for a usage error (a missing input CSV or folder, a shard pattern that matches nothing: one line,
+no traceback). PyAV, webdataset and torch are imported by the subcommand that needs them, so
+``salt-shards --help`` answers at once.
 """
 
 from __future__ import annotations
@@ -14,18 +17,24 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
-from salt.data.shards import (
-    DEFAULT_MAX_SIZE,
-    inspect_shards,
-    list_inputs,
-    report_path,
-    write_shards,
-)
+from salt.errors import MissingInputError, UsageError, cli_entry
+
+_MAX_SIZE_HELP = "bytes per shard (default 1 GiB)"
 
 
 def _make(args: argparse.Namespace) -> int:
-    inputs = list_inputs(args.input, label_from_parent=args.label_from_parent)
+    from salt.data.shards import DEFAULT_MAX_SIZE, list_inputs, report_path, write_shards
+
+    if not Path(args.input).exists():
+        raise MissingInputError(f"--input {args.input}: no such CSV file or folder")
+    try:
+        inputs = list_inputs(args.input, label_from_parent=args.label_from_parent)
+    except UnicodeDecodeError as e:
+        raise UsageError(f"--input {args.input}: not a text CSV ({e.reason})") from None
+    except ValueError as e:  # a bad row (label not an integer): the CSV is the user's to fix
+        raise UsageError(str(e)) from None
     if args.limit:
         inputs = inputs[: args.limit]
     if not inputs:
@@ -36,7 +45,7 @@ def _make(args: argparse.Namespace) -> int:
         args.output,
         resize=args.resize,
         max_count=args.max_count,
-        max_size=args.max_size,
+        max_size=args.max_size or DEFAULT_MAX_SIZE,
         workers=args.workers,
         crf=args.crf,
         progress=not args.quiet,
@@ -51,6 +60,13 @@ def _make(args: argparse.Namespace) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
+    from salt.data.samples import expand_shards
+    from salt.data.shards import inspect_shards
+
+    try:
+        expand_shards(args.shards)
+    except (FileNotFoundError, ValueError) as e:  # the spec names files that are not there
+        raise MissingInputError(str(e)) from None
     result = inspect_shards(args.shards, decode=args.decode, decoder=args.decoder)
     if args.json:
         print(json.dumps(result, indent=2))
@@ -92,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--resize", type=int, default=None, help="re-encode to this short side (H.264)"
     )
     make.add_argument("--max-count", type=int, default=1000, help="samples per shard")
-    make.add_argument("--max-size", type=int, default=DEFAULT_MAX_SIZE, help="bytes per shard")
+    make.add_argument("--max-size", type=int, default=None, help=_MAX_SIZE_HELP)
     make.add_argument("--workers", type=int, default=1, help="processes probing/re-encoding")
     make.add_argument("--crf", type=int, default=23, help="x264 quality when re-encoding")
     make.add_argument(
@@ -126,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@cli_entry("salt-shards")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     return args.fn(args)

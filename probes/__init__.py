@@ -10,21 +10,45 @@ halving it, chooses a head on a held-out slice of train (selection.py), scores v
 (dist.py), resumable state (state.py) and MLflow runs (tracking.py) around it. compare.py and
 runs_cli.py (`salt-runs`) relate student training loss to probe accuracy across checkpoints;
 callback.py is a live probe during training.
+
+Every name below is imported on first use (PEP 562), so the CLIs' ``--help`` and the MLflow-only
+tools (``salt-runs``) do not import torch.
 """
 
-from salt.encoder_io import load_encoder
-from salt.probes.config import ProbeConfig, load_config
-from salt.probes.features import FeatureSet, encode_clips, extract_features
-from salt.probes.grid import HeadSpec, ProbeGrid, make_grid
-from salt.probes.heads import AttentiveProbe, CrossAttentionBlock, LinearProbe, build_head
-from salt.probes.protocol import (
-    ProbeResult,
-    SweepResult,
-    evaluate_encoder,
-    probe_features,
-    random_like,
-)
-from salt.probes.selection import select_head, stratified_split
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from salt.encoder_io import load_encoder
+    from salt.probes.config import ProbeConfig, load_config
+    from salt.probes.features import FeatureSet, encode_clips, extract_features
+    from salt.probes.grid import HeadSpec, ProbeGrid, make_grid
+    from salt.probes.heads import AttentiveProbe, CrossAttentionBlock, LinearProbe, build_head
+    from salt.probes.protocol import (
+        ProbeResult,
+        SweepResult,
+        evaluate_encoder,
+        probe_features,
+        random_like,
+    )
+    from salt.probes.selection import select_head, stratified_split
+
+_HOME = {
+    "load_encoder": "salt.encoder_io",
+    **dict.fromkeys(("ProbeConfig", "load_config"), "salt.probes.config"),
+    **dict.fromkeys(("FeatureSet", "encode_clips", "extract_features"), "salt.probes.features"),
+    **dict.fromkeys(("HeadSpec", "ProbeGrid", "make_grid"), "salt.probes.grid"),
+    **dict.fromkeys(
+        ("AttentiveProbe", "CrossAttentionBlock", "LinearProbe", "build_head"), "salt.probes.heads"
+    ),
+    **dict.fromkeys(
+        ("ProbeResult", "SweepResult", "evaluate_encoder", "probe_features", "random_like"),
+        "salt.probes.protocol",
+    ),
+    **dict.fromkeys(("select_head", "stratified_split"), "salt.probes.selection"),
+}
 
 __all__ = [
     "AttentiveProbe",
@@ -48,3 +72,9 @@ __all__ = [
     "select_head",
     "stratified_split",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _HOME:
+        return getattr(importlib.import_module(_HOME[name]), name)
+    raise AttributeError(f"module 'salt.probes' has no attribute {name!r}")

@@ -26,16 +26,15 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from salt.errors import UsageError
+from salt.errors import UsageError, cli_entry
 from salt.probes import tracking
 from salt.probes.config import ProbeConfig, load_config
-from salt.probes.metrics import save_confusion_png
-from salt.probes.protocol import ProbeResult, evaluate_encoder, random_like
-from salt.probes.state import Interrupted, StateStore
+from salt.tracking_uri import redact_uri
+
+if TYPE_CHECKING:  # torch and the probe protocol load in run(): `salt-probe --help` stays fast
+    from salt.probes.protocol import ProbeResult
 
 EXIT_STOPPED = 75  # EX_TEMPFAIL: stopped on the signal, state saved; rerun to continue
 # settings that change speed or memory but not the result (left out of the protocol tag)
@@ -166,14 +165,18 @@ class _Mlflow:
         saved = (
             json.loads(run_file.read_text()) if run_file.is_file() and not args.no_resume else {}
         )
-        self.run_id = saved.get("run_id") if saved.get("tracking_uri") == self.uri else None
+        self.run_id = (
+            saved.get("run_id") if saved.get("tracking_uri") == redact_uri(self.uri) else None
+        )
         if self.run_id and tracking.resume_run(self.uri, self.run_id):
             return
         name = f"probe-{meta.get('stage', 'enc')}-step{meta.get('step')}"
         self.run_id = tracking.start_run(self.uri, self.experiment, run_name=name, tags=tags,
                                          params=params, parent_run_id=self.pretrain_id)  # fmt: skip
         state_dir.mkdir(parents=True, exist_ok=True)
-        run_file.write_text(json.dumps({"tracking_uri": self.uri, "run_id": self.run_id}))
+        run_file.write_text(
+            json.dumps({"tracking_uri": redact_uri(self.uri), "run_id": self.run_id})
+        )
 
     def on_epoch(self, prefix: str):
         def log(phase: str, epoch: int, metrics: dict) -> None:
@@ -200,6 +203,8 @@ def _metrics(out: dict) -> dict[str, float | None]:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Everything `salt-probe` does, returning the JSON-able result (on every rank)."""
+    import torch
+
     from salt.encoder_io import file_sha256
     from salt.probes import load_encoder
     from salt.probes.dist import init_distributed
@@ -220,6 +225,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _run(args, cfg, dist, file_sha256, load_encoder) -> dict[str, Any]:
+    from salt.probes.protocol import evaluate_encoder, random_like
+    from salt.probes.state import Interrupted, StateStore
+
     log = (lambda m: print(m, file=sys.stderr, flush=True)) if dist.is_main else (lambda m: None)
     encoder, meta = load_encoder(args.ckpt)
     mean, std = meta.get("mean"), meta.get("std")
@@ -290,6 +298,8 @@ def _run(args, cfg, dist, file_sha256, load_encoder) -> dict[str, Any]:
 
 def _write_outputs(args, out: dict, res: ProbeResult, ckpt: str, ml: _Mlflow | None, task: str,
                    meta: dict) -> None:  # fmt: skip
+    from salt.probes.metrics import save_confusion_png
+
     if args.output_json:
         Path(args.output_json).parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -299,7 +309,7 @@ def _write_outputs(args, out: dict, res: ProbeResult, ckpt: str, ml: _Mlflow | N
                                  title=f"{Path(ckpt).name}: top-1 {res.top1:.3f}")  # fmt: skip
         if ml is not None:
             out["mlflow"] = {
-                "tracking_uri": ml.uri,
+                "tracking_uri": redact_uri(ml.uri),
                 "experiment": ml.experiment,
                 "run_id": ml.run_id,
             }
@@ -310,7 +320,9 @@ def _write_outputs(args, out: dict, res: ProbeResult, ckpt: str, ml: _Mlflow | N
             out["mlflow"]["training_run_metric"] = tracking.log_into_training_run(
                 ml.uri, ml.pretrain_id, {f"probe/{task}/top1": out["top1"]}, meta.get("step")
             )
-            print(f"mlflow: run {ml.run_id} in experiment {ml.experiment!r} at {ml.uri}")
+            print(
+                f"mlflow: run {ml.run_id} in experiment {ml.experiment!r} at {redact_uri(ml.uri)}"
+            )
     if args.output_json:
         path = Path(args.output_json)
         tmp_path = path.with_name(f".{path.name}.tmp")
@@ -319,16 +331,16 @@ def _write_outputs(args, out: dict, res: ProbeResult, ckpt: str, ml: _Mlflow | N
         print(f"wrote {path}")
 
 
+@cli_entry("salt-probe", also=(FileNotFoundError, ValueError, MemoryError))
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(argv)  # before torch loads: `--help` stays fast
+    from salt.probes.state import Interrupted
+
     try:
         run(args)
     except Interrupted as stop:
         print(f"salt-probe: {stop}", file=sys.stderr)
         return EXIT_STOPPED
-    except (FileNotFoundError, ValueError) as e:
-        print(f"salt-probe: error: {e}", file=sys.stderr)
-        return 2
     return 0
 
 

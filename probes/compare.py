@@ -19,8 +19,10 @@ from typing import Any
 import torch
 from torchmetrics.functional import spearman_corrcoef
 
+from salt.errors import UsageError
 
-class MixedTeachersError(ValueError):
+
+class MixedTeachersError(UsageError):
     """Rows come from students of different teachers: their losses are not comparable."""
 
 

@@ -1,15 +1,22 @@
-"""`salt-runs`: relate student training loss to probe accuracy, and select a checkpoint by loss.
+"""`salt-runs`: relate student training loss to probe accuracy, select (and register) a
+checkpoint by loss, and replay a run's tracking spool.
 
     salt-runs compare --experiment NAME [--tracking-uri URI] [--plot loss_vs_top1.png]
-    salt-runs select  --experiment NAME [--tracking-uri URI] [--force]
+    salt-runs select  --experiment NAME [--tracking-uri URI] [--force] [--register MODEL]
+    salt-runs sync    RUN_DIR [--tracking-uri URI]
 
 `compare` reads the experiment's probe runs (salt-probe), keeps one row per student checkpoint,
 fits probe top-1 on training loss (least squares, R²) and computes Spearman ρ, prints the table,
 writes the scatter plot and logs both as a `salt.kind=compare` run. `select` names the checkpoint
 with the lowest training loss among probe runs and the checkpoints of the experiment's training
-runs (their `salt.checkpoint_dir`); no probe is needed for that, which is the point of SALT's
-loss. Both refuse students of different teachers (exit 2) unless `--force` or `--teacher` picks one.
-The store defaults to $MLFLOW_TRACKING_URI, else `sqlite:///runs/mlflow.db` (training's default).
+runs (their `salt.checkpoint_dir`, or `salt.run_relpath` below the store's folder when `runs/`
+was moved); no probe is needed for that, which is the point of SALT's loss. `--register MODEL`
+then creates a version of the registered model MODEL whose source is the checkpoint file itself
+(nothing is copied), linked to its training run and tagged with its step, loss and teacher. Both
+refuse students of different teachers (exit 2) unless `--force` or `--teacher` picks one. `sync`
+sends what a training run spooled while its store was unreachable. The store defaults to
+$MLFLOW_TRACKING_URI, else `sqlite:///runs/mlflow.db` (training's default). Torch and MLflow are
+imported by the subcommand that needs them.
 """
 
 from __future__ import annotations
@@ -18,22 +25,14 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from salt.errors import UsageError, cli_entry
 from salt.probes import tracking
-from salt.probes.compare import (
-    CheckpointRow,
-    MixedTeachersError,
-    check_one_teacher,
-    fit_loss_accuracy,
-    format_table,
-    plot_loss_accuracy,
-    rows_from_runs,
-)
+from salt.tracking_uri import redact_uri, relative_to, resolve_recorded, store_dir
 
-
-class UsageError(ValueError):
-    """Bad input to salt-runs (exit status 2)."""
+if TYPE_CHECKING:
+    from salt.probes.compare import CheckpointRow
 
 
 def _store(uri_arg: str | None) -> str:
@@ -41,6 +40,13 @@ def _store(uri_arg: str | None) -> str:
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).is_file():
         raise UsageError(f"no MLflow store at {uri} (pass --tracking-uri)")
     return uri
+
+
+def _search(uri: str, experiment: str, kind: str = tracking.PROBE_KIND) -> list[Any]:
+    try:
+        return tracking.search(uri, experiment, kind=kind)
+    except LookupError as e:  # no such experiment
+        raise UsageError(str(e)) from None
 
 
 def _filter(rows: list[CheckpointRow], args: argparse.Namespace) -> list[CheckpointRow]:
@@ -65,9 +71,17 @@ def _one_protocol(rows: list[CheckpointRow], wanted: str | None) -> list[Checkpo
 
 def compare(args: argparse.Namespace) -> dict[str, Any]:
     """Fit top-1 on loss over the experiment's probe runs; table, plot, compare run."""
+    from salt.probes.compare import (
+        check_one_teacher,
+        fit_loss_accuracy,
+        format_table,
+        plot_loss_accuracy,
+        rows_from_runs,
+    )
+
     uri = _store(args.tracking_uri)
     rows = _one_protocol(
-        _filter(rows_from_runs(tracking.search(uri, args.experiment)), args), args.protocol
+        _filter(rows_from_runs(_search(uri, args.experiment)), args), args.protocol
     )
     usable = [r for r in rows if r.train_loss is not None and r.top1 is not None]
     if len(usable) < len(rows):
@@ -81,7 +95,10 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
             f"{len(usable)} {args.stage} checkpoint(s) with loss and probe top-1 in experiment "
             f"{args.experiment!r}: need at least 2 (3 or more to mean anything)"
         )
-    fit = fit_loss_accuracy([r.train_loss for r in usable], [r.top1 for r in usable])
+    try:
+        fit = fit_loss_accuracy([r.train_loss for r in usable], [r.top1 for r in usable])
+    except ValueError as e:  # e.g. every checkpoint has the same loss
+        raise UsageError(str(e)) from None
     print(format_table(usable))
     print(
         f"fit: top1 = {fit['slope']:.4f}·loss + {fit['intercept']:.4f}   "
@@ -101,16 +118,30 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def checkpoint_dir_of(run: Any, uri: str) -> Path | None:
+    """A training run's checkpoint folder: below the store's folder via ``salt.run_relpath``
+    when that exists (``runs/`` moved with its store), else the recorded absolute path."""
+    tags = run.data.tags
+    absolute, run_dir = tags.get("salt.checkpoint_dir"), tags.get("salt.run_dir")
+    rel = None
+    if tags.get("salt.run_relpath") and absolute and run_dir:
+        inner = relative_to(absolute, run_dir)
+        rel = f"{tags['salt.run_relpath']}/{inner}" if inner is not None else None
+    found = resolve_recorded(absolute, rel, store_dir(uri))
+    return found if found is not None and found.is_dir() else None
+
+
 def _checkpoint_rows(uri: str, experiment: str) -> tuple[list[CheckpointRow], int]:
-    """Rows for checkpoint files in the training runs' `salt.checkpoint_dir` (metadata only)."""
+    """Rows for checkpoint files in the training runs' checkpoint folders (metadata only)."""
     from salt.encoder_io import read_encoder_state
+    from salt.probes.compare import CheckpointRow
 
     rows, unreadable = [], 0
-    for run in tracking.search(uri, experiment, kind="train"):
-        d = run.data.tags.get("salt.checkpoint_dir")
-        if not d or not Path(d).is_dir():
+    for run in _search(uri, experiment, kind="train"):
+        d = checkpoint_dir_of(run, uri)
+        if d is None:
             continue
-        for f in sorted([*Path(d).glob("*.ckpt"), *Path(d).glob("*.safetensors")]):
+        for f in sorted([*d.glob("*.ckpt"), *d.glob("*.safetensors")]):
             try:
                 _, meta = read_encoder_state(f)
             except (ValueError, OSError) as e:
@@ -127,10 +158,64 @@ def _checkpoint_rows(uri: str, experiment: str) -> tuple[list[CheckpointRow], in
     return rows, unreadable
 
 
+def register(uri: str, name: str, row: CheckpointRow) -> dict[str, Any]:
+    """A new version of registered model ``name`` whose source is ``row``'s checkpoint file.
+
+    The source is the file's ``file://`` URI (no copy). A tracking server accepts a local source
+    only inside a run's artifacts; there the source is ``runs:/<training run>/checkpoints/<file>``
+    and the file's path is in the version's ``salt.checkpoint`` tag (as on every version).
+    """
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    path = Path(row.checkpoint)
+    if not path.exists():
+        raise UsageError(f"selected checkpoint {path} does not exist (moved or deleted?)")
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    try:
+        client.create_registered_model(name, description="salt checkpoints selected by loss")
+    except MlflowException as e:
+        if e.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    run_id = row.pretrain_run_id or None
+    if run_id:
+        try:
+            client.get_run(run_id)
+        except MlflowException:
+            run_id = None  # the training run lives in another store
+    tags = {
+        "salt.checkpoint": str(path.resolve()),
+        "salt.step": "" if row.step is None else str(row.step),
+        "salt.train_loss": "" if row.train_loss is None else repr(row.train_loss),
+        "salt.stage": row.stage,
+        "salt.teacher_sha256": row.teacher_sha256,
+        "salt.selected_by": "lowest train_loss",
+    }
+    rel = relative_to(path, store_dir(uri))
+    if rel is not None:
+        tags["salt.checkpoint_relpath"] = rel
+    description = f"{path.name}: step {row.step}, train_loss {row.train_loss}"
+    try:
+        version = client.create_model_version(
+            name, path.resolve().as_uri(), run_id=run_id, tags=tags, description=description
+        )
+    except MlflowException as e:
+        if e.error_code != "INVALID_PARAMETER_VALUE" or not run_id:
+            raise UsageError(f"cannot register {path} as {name!r}: {e.message}") from None
+        source = f"runs:/{run_id}/checkpoints/{path.name}"
+        version = client.create_model_version(
+            name, source, run_id=run_id, tags=tags, description=description
+        )
+    return {"name": name, "version": int(version.version), "source": version.source,
+            "run_id": run_id, "checkpoint": str(path.resolve())}  # fmt: skip
+
+
 def select(args: argparse.Namespace) -> dict[str, Any]:
     """The checkpoint with the lowest training loss (one teacher unless forced)."""
+    from salt.probes.compare import check_one_teacher, format_table, rows_from_runs
+
     uri = _store(args.tracking_uri)
-    rows = {r.checkpoint: r for r in rows_from_runs(tracking.search(uri, args.experiment))}
+    rows = {r.checkpoint: r for r in rows_from_runs(_search(uri, args.experiment))}
     unreadable = 0
     if not args.probed_only:
         found, unreadable = _checkpoint_rows(uri, args.experiment)
@@ -148,11 +233,31 @@ def select(args: argparse.Namespace) -> dict[str, Any]:
     print(f"selected: {best.checkpoint} (train_loss {best.train_loss:.4f}, step {best.step})")
     if unreadable:
         print(f"{unreadable} unreadable checkpoint file(s) skipped", file=sys.stderr)
-    return {
+    out = {
         "selected": best.to_dict(),
         "candidates": [r.to_dict() for r in cands],
         "unreadable": unreadable,
     }
+    if args.register:
+        out["registered"] = reg = register(uri, args.register, best)
+        print(f"registered: model {reg['name']!r} version {reg['version']} -> {reg['source']}")
+    return out
+
+
+def sync(args: argparse.Namespace) -> dict[str, Any]:
+    """Replay ``RUN_DIR``'s tracking spool into its MLflow run."""
+    from salt.tracking import replay_spool
+
+    run_dir = Path(args.run_dir)
+    if not (run_dir / "run.json").is_file():
+        raise UsageError(f"{run_dir}: not a run folder (no run.json)")
+    out = replay_spool(run_dir, args.tracking_uri)
+    uri = redact_uri(args.tracking_uri) if args.tracking_uri else "the store in run.json"
+    print(f"replayed {out['replayed']} spooled operation(s) into run {out['run_id']} at {uri}; "
+          f"{out['backlog']} left")  # fmt: skip
+    if not out["ok"]:
+        raise UsageError(f"store still unreachable: {out['error']}")
+    return out
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -160,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     for name, helptext in [
         ("compare", "fit probe top-1 on student training loss (R², Spearman ρ) and plot it"),
-        ("select", "name the checkpoint with the lowest training loss"),
+        ("select", "name (and optionally register) the checkpoint with the lowest training loss"),
     ]:
         s = sub.add_parser(name, help=helptext)
         s.add_argument("--experiment", required=True)
@@ -179,19 +284,26 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--protocol", help="only probe runs of this salt.probe_protocol tag")
     c.add_argument("--plot", help="scatter PNG path (default <experiment>_loss_vs_top1.png)")
     c.add_argument("--no-log", action="store_true", help="do not log a compare run to MLflow")
-    sub.choices["select"].add_argument(
+    sel = sub.choices["select"]
+    sel.add_argument(
         "--probed-only", action="store_true", help="only checkpoints that have a probe run"
     )
+    sel.add_argument(
+        "--register",
+        metavar="MODEL",
+        help="create a version of registered model MODEL pointing at the selected checkpoint",
+    )
+    y = sub.add_parser("sync", help="replay a training run's tracking spool into MLflow")
+    y.add_argument("run_dir", help="the run folder (holds run.json and tracking-spool.jsonl)")
+    y.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else run.json's")
+    y.add_argument("--output-json", help="also write the result here")
     return p
 
 
+@cli_entry("salt-runs")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        out = compare(args) if args.command == "compare" else select(args)
-    except (MixedTeachersError, UsageError, LookupError) as e:
-        print(f"salt-runs {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    out = {"compare": compare, "select": select, "sync": sync}[args.command](args)
     if args.output_json:
         Path(args.output_json).write_text(json.dumps(out, indent=2, default=str))
     return 0

@@ -30,7 +30,7 @@ from torch import nn
 
 from salt.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from salt.encoder_io import file_sha256, load_encoder
-from salt.errors import UsageError
+from salt.errors import MissingInputError, UsageError
 from salt.fp8 import check_teacher_precision, prepare_teacher, teacher_input
 from salt.models import Predictor, VideoViT, create_encoder
 from salt.module_base import SaltModule
@@ -217,16 +217,24 @@ class StudentModule(SaltModule):
 
     def _load_teacher(self, path: str | None) -> VideoViT:
         if not path:
-            raise ValueError(
+            raise UsageError(
                 "StudentModule needs a teacher: pass --model.teacher PATH (a stage-1 checkpoint "
                 "or an exported .safetensors), or teacher_mode='ema' for the V-JEPA baseline"
             )
         if not Path(path).is_file():
-            raise FileNotFoundError(f"teacher checkpoint not found: {path} (--model.teacher)")
-        encoder, meta = load_encoder(path, attn_backend=self.encoder.attn_backend)
+            raise MissingInputError(f"teacher checkpoint not found: {path} (--model.teacher)")
+        try:
+            encoder, meta = load_encoder(path, attn_backend=self.encoder.attn_backend)
+        except ValueError as e:  # not a salt checkpoint, unknown architecture, wrong weights
+            raise UsageError(f"--model.teacher {path}: {e}") from None
+        if meta.get("stage") == "student":
+            raise UsageError(
+                f"--model.teacher {path} is a stage-2 (student) checkpoint; the teacher is a "
+                "stage-1 checkpoint (salt fit -c configs/teacher/...) or its exported encoder"
+            )
         mismatches = teacher_mismatches(encoder, meta, self)
         if mismatches:
-            raise ValueError(
+            raise UsageError(
                 f"teacher {path} does not match this student: {'; '.join(mismatches)}. Train the "
                 "student with the teacher's input settings, or use a matching teacher."
             )

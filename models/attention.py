@@ -20,9 +20,9 @@ runs is decided *once per forward* by the owning model through ``select_backend`
 
 Which SDPA kernel runs can be chosen per call site (``set_sdpa_kernel(module, name)``, stored on
 each ``Attention``; not part of the model config or state dict): ``"cudnn"``, ``"flash"``,
-``"efficient"`` or ``"math"`` first, the other fused kernels after it as fallbacks (a shape or
-device the first one cannot take still runs), through ``torch.nn.attention.sdpa_kernel``, which
-``torch.compile`` bakes into the graph. None leaves the choice to PyTorch's process-wide flags.
+``"efficient"`` or ``"math"``, with the kernels PyTorch ranks below it enabled as fallbacks (a
+shape or device the named one cannot take still runs), through ``torch.nn.attention.sdpa_kernel``,
+which ``torch.compile`` traces into the graph. None leaves the choice to PyTorch's process-wide flags.
 Why per site: cuDNN's kernel is the fastest at long fixed lengths but builds an execution plan
 for every new sequence length; FlashAttention-2 has no per-length cost and is the faster one at
 short lengths (measured per site in benchmarks/RESULTS.md).
@@ -46,7 +46,10 @@ try:  # torch >= 2.5
 except ImportError:  # pragma: no cover - older torch
     _flex_attention = None
 
-# kernel name → SDPA backends in priority order (the named one first, then fallbacks)
+# kernel name → the SDPA backends enabled for it. PyTorch tries enabled backends in its own
+# priority order (cuDNN, FlashAttention-2, memory-efficient, math on sm90 with torch 2.11), so
+# each list enables the named kernel and only the fallbacks ranked after it; no ``set_priority``
+# (fewer torch versions trace that inside a compiled graph).
 _SDPA_ORDER: dict[str, list[SDPBackend]] = {
     "cudnn": [
         SDPBackend.CUDNN_ATTENTION,
@@ -55,7 +58,7 @@ _SDPA_ORDER: dict[str, list[SDPBackend]] = {
         SDPBackend.MATH,
     ],
     "flash": [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH],
-    "efficient": [SDPBackend.EFFICIENT_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.MATH],
+    "efficient": [SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH],
     "math": [SDPBackend.MATH],
 }
 SDPA_KERNELS = tuple(_SDPA_ORDER)
@@ -206,7 +209,7 @@ class Attention(nn.Module):
             elif self.sdpa_kernel is None:
                 out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2)  # [B, N, H, hd]
             else:
-                with sdpa_kernel(_SDPA_ORDER[self.sdpa_kernel], set_priority=True):
+                with sdpa_kernel(_SDPA_ORDER[self.sdpa_kernel]):
                     out = F.scaled_dot_product_attention(q, k, v)  # [B, H, N, hd]
                 out = out.transpose(1, 2)  # [B, N, H, hd]
         return self.proj(out.reshape(B, N, D))

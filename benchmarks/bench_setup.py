@@ -7,8 +7,8 @@
   schema), built directly on the device (``with torch.device(...)``: the same code, without
   initialising billions of parameters on the CPU first).
 - ``prepare_like_fit``: what ``SaltModule.setup("fit")`` does without a Trainer attached (the mask
-  collator, ``compile_modules`` on ``compiled_modules()``) — the same functions, called in the
-  same order.
+  collator, the process-wide SDPA flags, ``compile_modules`` on ``compiled_modules()``) — the
+  same functions, called in the same order.
 - ``make_train_step``: one step the way Lightning's automatic optimisation runs it with
   ``precision="bf16-mixed"``: zero_grad → autocast(bf16) ``training_loss`` → backward →
   ``salt.step.prepare_optimizer_step`` (grad norm, clipping, non-finite skip; what
@@ -116,9 +116,12 @@ def build_module(
 
 
 def prepare_like_fit(module: SaltModule) -> None:
-    """``SaltModule.setup("fit")`` minus the Trainer: mask collator, then ``compile_modules``
-    (scope and mode as configured; eager with one warning where compiling cannot work)."""
+    """``SaltModule.setup("fit")`` minus the Trainer: mask collator, SDPA flags (cuDNN off unless
+    ``cudnn_attention``; the per-site kernels are on the modules already), then
+    ``compile_modules`` (scope and mode as configured; eager with one warning where compiling
+    cannot work)."""
     module.mask_collator = module.build_mask_collator()
+    module.apply_sdpa_flags()  # cuDNN SDPA off process-wide, as while fitting
     if module.use_compile:
         module.compiled = compile_modules(
             module.compiled_modules(), module.device, module.compile_scope, module.compile_mode

@@ -1,20 +1,25 @@
-"""The ``perf`` suite of ``step_throughput.py``: salt's step beside V-JEPA 2's, and the levers.
+"""The ``perf`` suite of ``step_throughput.py``: salt's step beside V-JEPA 2's, in one GPU call.
 
-One GPU call, most important row first (a deadline cuts from the end). Expected seconds per
-row on one H200 with a cold compile cache are in ``limit_s``'s comment; rows after the first
-compiled one reuse Inductor's on-disk caches where their graphs repeat.
+``perf_variants`` is the final call (``benchmarks/run_gpu.sh perf 420``), most important row
+first, each with a hard limit (``limit_s``) and its expected wall seconds on one H200 with a cold
+compile cache (``expect_s``, from the exploratory call: a row's fixed cost — a fresh process,
+imports, CUDA, building the models — is ≈ 16 s in a subprocess and a few seconds forked):
 
-1. ``peak``: bf16 matmul peak (MFU denominator).
-2. ``student_compile``: the ViT-L student step as shipped today (blocks compiled), profiled.
-3. ``vjepa2_compile`` / ``vjepa2_eager``: V-JEPA 2's own step (``--vjepa2 DIR``) at the same
-   sizes, masks and batch (the ratio the targets are stated in).
-4. ``fp8_cos``: the FP8 teacher's cosine gate at ViT-L 16 × 224² (torchao and ``_scaled_mm``).
-5. ``attn``: attention kernels at the step's shapes (FA-2, cuDNN, memory-efficient, xformers),
-   with parity against fp32 (the xformers parity check).
-6. ``student_modules_fp8``: whole-module compile + FP8 teacher (the expected best), profiled.
-7. ``teacher_modules_b64``: stage-1 step, whole-module compile, batch 64 (MFU target).
-8. then one lever at a time: whole-module compile alone, xformers, bf16 teacher, stage-1
-   baselines and CUDA graphs, the host-sync count, FlexAttention, the FP8 loss gate, ViT-g rows.
+1. ``peak``: bf16 matmul peak (the MFU denominator).
+2. ``student_compile``: the ViT-L student step exactly as ``salt fit`` runs the shipped config
+   (blocks compiled, cuDNN SDPA off process-wide, the teacher's attention on cuDNN, the
+   student's and predictor's on FlashAttention-2, fp32 teacher weights), profiled, with the
+   compiled teacher forward timed on its own (``teacher_fwd_ms``).
+3. ``vjepa2_compile``: V-JEPA 2's own step (``--vjepa2 DIR``) at the same sizes, masks, batch.
+4. ``teacher_compile_b64``: the stage-1 step, blocks compiled, batch 64 (the MFU target).
+5. ``student_fp8``: row 2 with the FP8 teacher (its compiled blocks fuse the activation
+   quantisation), ``teacher_fwd_ms`` against row 2's.
+6. ``fp8_loss``: the FP8 teacher's 300-step loss gate (``fp8_gate.py --part loss``).
+7. ``student_vitg``: ViT-g student, batch 16, ViT-L teacher, compiled.
+8. ``vitg_memory``: largest ViT-g student batch without checkpointing (runs if time is left).
+
+``explore_variants`` is the exploratory list (levers one at a time, attention kernels at the
+step's shapes, the FP8 cosine gate, host syncs): ``--suite explore``.
 """
 
 from __future__ import annotations
@@ -22,8 +27,8 @@ from __future__ import annotations
 from typing import Any
 
 
-def perf_variants(args: Any) -> list[dict]:
-    """The suite for ``args`` (step_throughput's arguments); on CPU the smoke subset."""
+def explore_variants(args: Any) -> list[dict]:
+    """The exploratory list for ``args`` (step_throughput's arguments); on CPU the smoke subset."""
     if args.device == "cpu":
         return smoke_variants(args)
     base = {
@@ -160,6 +165,69 @@ def perf_variants(args: Any) -> list[dict]:
         },  # ~120
         {"name": "peak_end", "kind": "peak", "limit_s": 40},
     ]
+    return rows
+
+
+def _bases(args: Any) -> tuple[dict, dict]:
+    """(salt student step row, V-JEPA 2 row) at ``args``' sizes, batch and step counts."""
+    st = {
+        "model": args.model,
+        "teacher_model": args.teacher_model,
+        "batch": args.batch,
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "max_norm": args.max_norm,
+        "kind": "step",
+        "stage": "student",
+        "attn": "sdpa",
+        "act_ckpt": False,
+        "compile": True,
+    }
+    vj = {
+        "kind": "vjepa2",
+        "vjepa2": args.vjepa2,
+        "model": "vit_large",
+        "batch": args.batch,
+        "img": 224,
+        "frames": 16,
+        "pred_dim": 384,
+        "pred_depth": 12,
+        "pred_heads": 12,
+        "act_ckpt": False,
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "mask_sets": 8,
+    }
+    return st, vj
+
+
+def perf_variants(args: Any) -> list[dict]:
+    """The final call's rows for ``args``, in order; on CPU the smoke subset."""
+    if args.device == "cpu":
+        return smoke_variants(args)
+    st, vj = _bases(args)
+    te = {**st, "stage": "teacher", "model": args.teacher_model}
+    rows = [
+        {"name": "peak", "kind": "peak", "limit_s": 40, "expect_s": 12},
+        {**st, "name": "student_compile", "flops": True, "profile": True, "teacher_fwd": True,
+         "limit_s": 110, "expect_s": 70},
+    ]  # fmt: skip
+    if args.vjepa2:
+        rows.append(
+            {**vj, "name": "vjepa2_compile", "compile": True, "limit_s": 150, "expect_s": 108}
+        )
+    rows += [
+        {**te, "name": "teacher_compile_b64", "batch": 64, "flops": True, "limit_s": 80,
+         "expect_s": 45},
+        {**st, "name": "student_fp8", "overrides": {"teacher_precision": "fp8"},
+         "teacher_fwd": True, "limit_s": 90, "expect_s": 50},
+        {"name": "fp8_loss", "kind": "fp8_gate", "argv": ["--part", "loss"], "limit_s": 60,
+         "expect_s": 35},
+        {**st, "name": "student_vitg", "model": "vit_giant", "batch": 16, "flops": True,
+         "limit_s": 100, "expect_s": 55},
+        {**st, "kind": "memory", "name": "vitg_memory", "model": "vit_giant",
+         "compile": False, "batches": [32, 48, 64, 96], "limit_s": 90, "expect_s": 60},
+    ]  # fmt: skip
     return rows
 
 

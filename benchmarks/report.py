@@ -183,8 +183,16 @@ def extra_tables(results: list[dict]) -> list[str]:
         elif kind == "sync" and "syncs_per_step" in r:
             out += ["", f"{r['name']}: {r['syncs_per_step']:.1f} host syncs per eager step"]
             out += [f"  {n:>4}x {where}" for where, n in r.get("where", {}).items()]
-        prof = r.get("profile")
-        if prof:
+        if r.get("teacher_fwd_ms") is not None:
+            prec = (r.get("overrides") or {}).get("teacher_precision", "fp32")
+            fp8 = f", FP8 via {r['fp8_backend']}" if r.get("fp8_backend") else ""
+            out += [
+                "",
+                f"{r['name']}: frozen teacher forward alone {r['teacher_fwd_ms']:.1f} ms/step "
+                f"({prec} teacher{fp8}, compiled as in the step)",
+            ]
+        prof = r.get("profile")  # the spec's ``True`` until a profile replaced it
+        if isinstance(prof, dict) and prof.get("by_category_ms") is not None:
             cats = ", ".join(f"{k} {v:.1f}" for k, v in prof.get("by_category_ms", {}).items())
             out += [
                 "",

@@ -8,7 +8,8 @@
 #   bash benchmarks/run_gpu.sh probe 340      # online probe step vs V-JEPA 2's (1 GPU, <= 6 min)
 #   bash benchmarks/run_gpu.sh probe2 340     # the same salt step under torchrun on 2 GPUs
 #     (probe: V-JEPA 2's checkout at $VJEPA2, default .peers/vjepa2, carried with the wheels)
-#   bash benchmarks/run_gpu.sh perf [LIMIT_S] [extra step_throughput.py args]   # salt vs V-JEPA 2, levers
+#   bash benchmarks/run_gpu.sh perf 420 [extra step_throughput.py args]   # final: salt vs V-JEPA 2
+#   bash benchmarks/run_gpu.sh explore [LIMIT_S]   # the exploratory list (levers one at a time)
 #
 # perf: V-JEPA 2's files come from $VJEPA2 (default .peers/vjepa2, staged beforehand with
 #   python benchmarks/peers/vjepa2_step.py --vjepa2 CHECKOUT --stage-to .peers/vjepa2
@@ -53,16 +54,12 @@ $PY - <<'EOF' 2>&1 | tee -a "$OUT/env.txt"
 import torch, pytorch_lightning as pl, salt.student, salt.strategies
 print("torch", torch.__version__, "cuda", torch.version.cuda, "lightning", pl.__version__,
       "gpus", torch.cuda.device_count(), torch.cuda.get_device_name(0))
-try:
-    import xformers, xformers.ops
-    print("xformers", xformers.__version__, "imports")
-except Exception as e:
-    print("xformers not usable:", type(e).__name__, str(e)[:200])
-try:
-    import torchao
-    print("torchao", torchao.__version__)
-except Exception as e:
-    print("torchao not usable:", type(e).__name__, str(e)[:200])
+from importlib import metadata  # versions only: importing xformers/torchao costs seconds
+for dist in ("xformers", "torchao"):
+    try:
+        print(dist, metadata.version(dist))
+    except metadata.PackageNotFoundError:
+        print(dist, "not installed")
 print("compute capability", torch.cuda.get_device_capability(0))
 EOF
 
@@ -107,16 +104,17 @@ case "$MODE" in
       benchmarks/probe_throughput.py --models vit_large --deadline "$DEADLINE" \
       --json "$OUT/probe_2gpu.json" "$@" 2>&1 | tee "$OUT/probe2_log.txt"
     ;;
-  perf)
+  perf|explore)
+    # one process per row (forked from a preloaded server), each with its own hard limit; every
+    # row prints as it finishes, the whole table at the end
     VJ=${VJEPA2:-.peers/vjepa2}
     VJARG=()
     if [ -f "$VJ/app/vjepa/utils.py" ]; then VJARG=(--vjepa2 "$VJ")
     else echo "no V-JEPA 2 files at $VJ: its rows are left out"; fi
-    timeout "$BACKSTOP" $PY benchmarks/step_throughput.py --suite perf --json "$OUT/perf.json" \
-      --workdir /tmp --deadline "$DEADLINE" "${VJARG[@]}" "$@" 2>&1 | tee "$OUT/perf_log.txt"
-    cp /tmp/salt_bench/profile_student_compile.txt /tmp/salt_bench/profile_student_modules_fp8.txt \
-      "$OUT/" 2>/dev/null
+    timeout "$BACKSTOP" $PY benchmarks/step_throughput.py --suite "$MODE" --json "$OUT/$MODE.json" \
+      --workdir /tmp --deadline "$DEADLINE" "${VJARG[@]}" "$@" 2>&1 | tee "$OUT/${MODE}_log.txt"
+    cp /tmp/salt_bench/profile_student_compile.txt "$OUT/" 2>/dev/null
     ;;
-  *) echo "unknown mode $MODE (h100 | x2 | fit | probe | probe2 | perf)"; exit 2 ;;
+  *) echo "unknown mode $MODE (h100 | x2 | fit | probe | probe2 | perf | explore)"; exit 2 ;;
 esac
 echo "run_gpu.sh done in $(( $(date +%s) - START ))s"

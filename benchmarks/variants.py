@@ -29,6 +29,7 @@ from typing import Any
 import perf
 import torch
 from bench_setup import (
+    autocast_for,
     build_module,
     forward_backward,
     make_teacher_file,
@@ -311,9 +312,10 @@ def _run_step(spec: dict, device: torch.device, workdir: Path) -> dict:
     if spec.get("flops"):
         try:  # a counting failure (e.g. a tensor subclass it cannot see through) costs the count only
             res["flops"] = count_step_flops(module, batches, device, amp)
-            res["flop_breakdown"] = perf.flop_breakdown(
-                lambda: forward_backward(module, batches[0], device, amp)
-            )
+            if spec.get("profile"):  # one more eager pass: only where the kernels are studied
+                res["flop_breakdown"] = perf.flop_breakdown(
+                    lambda: forward_backward(module, batches[0], device, amp)
+                )
         except Exception as exc:
             res["flops_error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
             module.zero_grad(set_to_none=True)
@@ -334,6 +336,8 @@ def _run_step(spec: dict, device: torch.device, workdir: Path) -> dict:
             res["profile"] = profile_steps(
                 step, device, workdir / f"profile_{spec['name']}.txt", statistics.median(times)
             )
+        if spec.get("teacher_fwd") and spec.get("stage", "student") == "student":
+            res["teacher_fwd_ms"] = _teacher_forward_ms(module, batches[0], device, amp)
     res["attn_backend_used"] = module.encoder.attn_backend_used
     res["compiled"] = bool(getattr(module, "compiled", False))
     res["fp8_backend"] = getattr(module, "fp8_backend", None)
@@ -347,6 +351,34 @@ def _run_step(spec: dict, device: torch.device, workdir: Path) -> dict:
         res["achieved_tflops"] = res["flops"] / (res["median_ms"] * 1e-3) / 1e12
         res["mfu"] = res["achieved_tflops"] / peak
     return res
+
+
+def _teacher_forward_ms(module, batch: dict, device: torch.device, amp: bool) -> float:
+    """Median ms of the frozen teacher's forward alone, as ``training_loss`` runs it (no grad,
+    autocast, its compiled blocks), on one batch: what the teacher precision changes."""
+    from salt.fp8 import teacher_input
+    from salt.step import latent_targets
+
+    video = module.normalize(batch["video"])
+    teacher = module.teacher_on(video.device)
+    clip = teacher_input(video, module.teacher_precision)
+
+    def fwd(_: int) -> None:
+        with torch.no_grad(), autocast_for(device, amp):
+            latent_targets(teacher.encoder, clip, module.target_layer)
+
+    return statistics.median(perf.time_steps(fwd, device, warmup=2, steps=10))
+
+
+def run_variant_into(conn: Any, spec: dict, device: str, workdir: str) -> None:
+    """``run_variant`` in a forked worker: the result goes back through ``conn`` (a Pipe end)
+    and is printed as the ``RESULT`` line the subprocess path prints."""
+    import json
+
+    res = run_variant(spec, torch.device(device), Path(workdir))
+    print("RESULT " + json.dumps(res), flush=True)
+    conn.send(res)
+    conn.close()
 
 
 def _cleanup(device: torch.device) -> None:

@@ -6,7 +6,7 @@ data code; ``tests/test_import_boundary.py`` enforces it). Tokens are ``[B, N, D
 order; token subsets are ``[B, n]`` int64 indices that keep their true positions.
 """
 
-from .attention import Attention, select_backend
+from .attention import SDPA_KERNELS, Attention, check_sdpa_kernel, select_backend, set_sdpa_kernel
 from .decoder import PixelDecoder, norm_pix, patchify_pixels, unpatchify_pixels
 from .predictor import Predictor
 from .registry import create_encoder, create_pixel_decoder, create_predictor, list_encoders
@@ -18,11 +18,13 @@ __all__ = [
     "ENCODER_SIZES",
     "PREDICTOR_SIZES",
     "ROPE_CONVENTION",
+    "SDPA_KERNELS",
     "Attention",
     "PixelDecoder",
     "Predictor",
     "TransformerSize",
     "VideoViT",
+    "check_sdpa_kernel",
     "create_encoder",
     "create_pixel_decoder",
     "create_predictor",
@@ -31,5 +33,6 @@ __all__ = [
     "norm_pix",
     "patchify_pixels",
     "select_backend",
+    "set_sdpa_kernel",
     "unpatchify_pixels",
 ]

@@ -17,6 +17,15 @@ runs is decided *once per forward* by the owning model through ``select_backend`
   raises — the 0.0.35 wheel on a torch 2.11 build does that), or when it has no kernel for the
   device (CPU). Usability is probed with one tiny forward+backward call per (device, dtype,
   head dim) and cached, so real errors in real calls (OOM, bad shapes) are never swallowed.
+
+Which SDPA kernel runs can be chosen per call site (``set_sdpa_kernel(module, name)``, stored on
+each ``Attention``; not part of the model config or state dict): ``"cudnn"``, ``"flash"``,
+``"efficient"`` or ``"math"``, with the kernels PyTorch ranks below it enabled as fallbacks (a
+shape or device the named one cannot take still runs), through ``torch.nn.attention.sdpa_kernel``,
+which ``torch.compile`` traces into the graph. None leaves the choice to PyTorch's process-wide flags.
+Why per site: cuDNN's kernel is the fastest at long fixed lengths but builds an execution plan
+for every new sequence length; FlashAttention-2 has no per-length cost and is the faster one at
+short lengths (measured per site in benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ import logging
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .rope import apply_rope
 
@@ -35,6 +45,23 @@ try:  # torch >= 2.5
     from torch.nn.attention.flex_attention import flex_attention as _flex_attention
 except ImportError:  # pragma: no cover - older torch
     _flex_attention = None
+
+# kernel name → the SDPA backends enabled for it. PyTorch tries enabled backends in its own
+# priority order (cuDNN, FlashAttention-2, memory-efficient, math on sm90 with torch 2.11), so
+# each list enables the named kernel and only the fallbacks ranked after it; no ``set_priority``
+# (fewer torch versions trace that inside a compiled graph).
+_SDPA_ORDER: dict[str, list[SDPBackend]] = {
+    "cudnn": [
+        SDPBackend.CUDNN_ATTENTION,
+        SDPBackend.FLASH_ATTENTION,
+        SDPBackend.EFFICIENT_ATTENTION,
+        SDPBackend.MATH,
+    ],
+    "flash": [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH],
+    "efficient": [SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH],
+    "math": [SDPBackend.MATH],
+}
+SDPA_KERNELS = tuple(_SDPA_ORDER)
 
 BACKENDS = ("sdpa", "xformers", "flex", "auto")
 _PROBED: dict[tuple[str, torch.dtype, int], str | None] = {}  # key → None (usable) or reason
@@ -113,6 +140,21 @@ def select_backend(requested: str, device: torch.device, dtype: torch.dtype, hea
     return "sdpa"
 
 
+def check_sdpa_kernel(kernel: str | None) -> None:
+    """Raise ``ValueError`` unless ``kernel`` is None or one of ``SDPA_KERNELS``."""
+    if kernel is not None and kernel not in _SDPA_ORDER:
+        raise ValueError(f"SDPA kernel must be one of {SDPA_KERNELS} or None, got {kernel!r}")
+
+
+def set_sdpa_kernel(module: nn.Module, kernel: str | None) -> None:
+    """Make every ``Attention`` inside ``module`` run SDPA with ``kernel`` first (None: PyTorch's
+    process-wide choice). Applies to the ``"sdpa"`` backend only."""
+    check_sdpa_kernel(kernel)
+    for sub in module.modules():
+        if isinstance(sub, Attention):
+            sub.sdpa_kernel = kernel
+
+
 class Attention(nn.Module):
     """Multi-head self-attention: qkv (bias) → RoPE(q, k) → SDPA | flex | xformers → projection.
 
@@ -130,6 +172,7 @@ class Attention(nn.Module):
         self.head_dim = dim // num_heads
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
+        self.sdpa_kernel: str | None = None  # see set_sdpa_kernel
 
     def forward(
         self,
@@ -163,6 +206,10 @@ class Attention(nn.Module):
                 q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
             if backend == "flex":
                 out = _flex_attention(q, k, v).transpose(1, 2)  # [B, N, H, hd]
-            else:
+            elif self.sdpa_kernel is None:
                 out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2)  # [B, N, H, hd]
+            else:
+                with sdpa_kernel(_SDPA_ORDER[self.sdpa_kernel]):
+                    out = F.scaled_dot_product_attention(q, k, v)  # [B, H, N, hd]
+                out = out.transpose(1, 2)  # [B, N, H, hd]
         return self.proj(out.reshape(B, N, D))

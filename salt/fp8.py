@@ -140,10 +140,29 @@ def resolve_fp8_backend(backend: str = "auto") -> str:
     return backend
 
 
+def _already_fp8(encoder: nn.Module) -> bool:
+    """Whether any block Linear of ``encoder`` is already an FP8 matmul (either backend)."""
+    for block in encoder.blocks:
+        for sub in block.modules():
+            if isinstance(sub, Fp8Linear):
+                return True
+            w = getattr(sub, "weight", None)
+            if isinstance(sub, nn.Linear) and type(w) not in (torch.Tensor, nn.Parameter):
+                return True  # a tensor subclass weight: torchao's Float8Tensor
+    return False
+
+
 def quantize_blocks_fp8(encoder: nn.Module, backend: str = "auto") -> str:
     """Make every block Linear of a bf16 ``encoder`` an FP8 matmul, in place; returns the backend
-    used (``"torchao"`` or ``"scaled_mm"``). Call on the device the teacher runs on."""
+    used (``"torchao"`` or ``"scaled_mm"``). Call on the device the teacher runs on, once:
+    an encoder whose block Linears are already FP8 raises ``ValueError`` (quantising FP8 weights
+    again would not be FP8 of the original weights; torchao fails on it deep inside)."""
     backend = resolve_fp8_backend(backend)
+    if _already_fp8(encoder):
+        raise ValueError(
+            "quantize_blocks_fp8: the encoder's block linears are already FP8; quantise a teacher "
+            "once (prepare_teacher / apply_teacher_precision do that, and are idempotent)"
+        )
     if backend == "torchao":
         from torchao.quantization import (
             Float8DynamicActivationFloat8WeightConfig,
@@ -167,23 +186,46 @@ def quantize_blocks_fp8(encoder: nn.Module, backend: str = "auto") -> str:
     return backend
 
 
+_PREPARED_ATTR = "_salt_teacher_precision"  # (precision, fp8 backend) set on a prepared encoder
+
+
+def apply_teacher_precision(
+    encoder: nn.Module, precision: str, fp8_backend: str = "auto"
+) -> str | None:
+    """Put ``encoder`` into ``precision`` in place, once; no device check (``prepare_teacher``).
+
+    A second call with the same precision does nothing and returns the same backend (the teacher
+    may be looked up on a device written as ``cuda`` and then as ``cuda:0``); a different
+    precision raises ``ValueError``. Returns the FP8 backend for ``"fp8"``, else None.
+    """
+    done = getattr(encoder, _PREPARED_ATTR, None)
+    if done is not None:
+        if done[0] != precision:
+            raise ValueError(
+                f"teacher already prepared as {done[0]!r}; cannot make it {precision!r}"
+            )
+        return done[1]
+    backend = None
+    if precision != "fp32":
+        encoder.to(torch.bfloat16)
+    if precision == "fp8":
+        backend = quantize_blocks_fp8(encoder, fp8_backend)
+        log.info("frozen teacher: block linears in FP8 (%s)", backend)
+    setattr(encoder, _PREPARED_ATTR, (precision, backend))
+    return backend
+
+
 def prepare_teacher(
     encoder: nn.Module, precision: str, device: torch.device, fp8_backend: str = "auto"
 ) -> str | None:
-    """Put a frozen teacher ``encoder`` (already on ``device``) into ``precision``, in place.
+    """Put a frozen teacher ``encoder`` (already on ``device``) into ``precision``, in place
+    (idempotent, see ``apply_teacher_precision``).
 
     Returns the FP8 backend used for ``"fp8"``, else None. Raises ``UsageError`` for ``"fp8"``
     on a device without FP8 tensor cores.
     """
     check_teacher_precision(precision, device)
-    if precision == "fp32":
-        return None
-    encoder.to(torch.bfloat16)
-    if precision == "bf16":
-        return None
-    backend = quantize_blocks_fp8(encoder, fp8_backend)
-    log.info("frozen teacher: block linears in FP8 (%s)", backend)
-    return backend
+    return apply_teacher_precision(encoder, precision, fp8_backend)
 
 
 def teacher_input(video: torch.Tensor, precision: str) -> torch.Tensor:

@@ -19,11 +19,13 @@
   can work (a CUDA device, Triton importable, a C compiler on PATH for Triton's launcher);
   elsewhere (CPU runs, a box without Triton or a compiler) it logs one warning and runs eager,
   so a shipped config with ``compile: true`` still runs everywhere;
-- the SDPA kernel: cuDNN attention is switched off while fitting (``cudnn_attention=False``).
-  cuDNN builds an execution plan for every new sequence length (≈ 0.5 s on an H100), and SALT's
-  masks give every batch new context / target lengths, so a run pays that cost on most of its
-  first hundreds of steps. PyTorch then picks FlashAttention-2: eager ViT-L fits 12–21% faster,
-  compiled ones equal (benchmarks/RESULTS.md, "`salt fit` end to end").
+- the SDPA kernel: cuDNN attention is switched off process-wide while fitting
+  (``cudnn_attention=False``). cuDNN builds an execution plan for every new sequence length
+  (≈ 0.5 s on an H100), and SALT's masks give every batch new context / target lengths, so a run
+  pays that cost on most of its first hundreds of steps. PyTorch then picks FlashAttention-2:
+  eager ViT-L fits 12–21% faster, compiled ones equal (benchmarks/RESULTS.md, "`salt fit` end to
+  end"). A call site of fixed length may still ask for cuDNN (``salt.models.set_sdpa_kernel``;
+  the stage-2 frozen teacher does, see ``salt.student``).
 """
 
 from __future__ import annotations
@@ -241,9 +243,7 @@ class SaltModule(pl.LightningModule):
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is not None and hasattr(datamodule, "set_mask_fn"):
             datamodule.set_mask_fn(self.mask_collator)
-        if not self.cudnn_attention and torch.backends.cuda.cudnn_sdp_enabled():
-            self._cudnn_sdp_before = True
-            torch.backends.cuda.enable_cudnn_sdp(False)  # process-wide: forward and recompute agree
+        self.apply_sdpa_flags()
         if self.use_compile:
             self.compiled = compile_modules(
                 self.compiled_modules(),
@@ -251,6 +251,14 @@ class SaltModule(pl.LightningModule):
                 self.compile_scope,
                 self.compile_mode,
             )
+
+    def apply_sdpa_flags(self) -> None:
+        """Switch cuDNN SDPA off process-wide unless ``cudnn_attention`` (restored at teardown).
+
+        Call sites with their own kernel (``salt.models.set_sdpa_kernel``) choose inside this."""
+        if not self.cudnn_attention and torch.backends.cuda.cudnn_sdp_enabled():
+            self._cudnn_sdp_before = True
+            torch.backends.cuda.enable_cudnn_sdp(False)  # process-wide: forward and recompute agree
 
     def teardown(self, stage: str) -> None:
         if self._cudnn_sdp_before is not None:

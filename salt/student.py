@@ -32,12 +32,35 @@ from salt.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from salt.encoder_io import file_sha256, load_encoder
 from salt.errors import MissingInputError, UsageError
 from salt.fp8 import check_teacher_precision, prepare_teacher, teacher_input
-from salt.models import Predictor, VideoViT, create_encoder
+from salt.models import Predictor, VideoViT, check_sdpa_kernel, create_encoder, set_sdpa_kernel
 from salt.module_base import SaltModule
 from salt.schedules import ema_momentum
 from salt.step import gather_mask_targets, latent_loss, latent_targets
 
 EMA_STATE_KEY = "salt_ema_teacher"
+# SDPA kernel per call site (salt.models.attention): the teacher always attends over all tokens
+# of a clip, one fixed length, so cuDNN's per-length plan is built once and its kernel is the
+# fastest there; the student's context and the predictor's context + targets change length with
+# every batch's masks, where FlashAttention-2 has no per-length cost (and is the faster one at the
+# student's short context lengths). Numbers: benchmarks/RESULTS.md, "GPU training step, round 2".
+DEFAULT_SDPA_KERNELS = {"teacher": "cudnn", "encoder": "flash", "predictor": "flash"}
+
+
+def resolve_sdpa_kernels(kernels: dict[str, str | None] | None) -> dict[str, str | None]:
+    """``DEFAULT_SDPA_KERNELS`` updated with ``kernels``; ``UsageError`` for an unknown site or
+    kernel name."""
+    out = dict(DEFAULT_SDPA_KERNELS)
+    for site, kernel in (kernels or {}).items():
+        if site not in out:
+            raise UsageError(
+                f"sdpa_kernels: unknown call site {site!r} (one of {sorted(DEFAULT_SDPA_KERNELS)})"
+            )
+        try:
+            check_sdpa_kernel(kernel)
+        except ValueError as exc:
+            raise UsageError(f"sdpa_kernels.{site}: {exc}") from None
+        out[site] = kernel
+    return out
 
 
 class FrozenTeacher(nn.Module):
@@ -87,6 +110,10 @@ class StudentModule(SaltModule):
         ema_final_momentum: None for a constant momentum (V-JEPA 2), else linear to this (V-JEPA 1:
             0.998 → 1.0).
         target_layer: teacher block whose output is the target (-1: the final, normed output).
+        sdpa_kernels: SDPA kernel per call site, keys ``teacher``, ``encoder`` (the student),
+            ``predictor``; values ``"cudnn"``, ``"flash"``, ``"efficient"``, ``"math"`` or None
+            (PyTorch's process-wide choice). Keys left out keep ``DEFAULT_SDPA_KERNELS``
+            (teacher cuDNN, student and predictor FlashAttention-2). ``attn_backend: sdpa`` only.
         teacher_precision: ``"fp32"`` (teacher weights as loaded), ``"bf16"`` (cast once) or
             ``"fp8"`` (block matmuls in FP8; GPUs with compute capability ≥ 8.9 only, see
             ``salt.fp8``). Frozen teachers only.
@@ -114,6 +141,7 @@ class StudentModule(SaltModule):
         ema_momentum: float = 0.99925,
         ema_final_momentum: float | None = None,
         target_layer: int = -1,
+        sdpa_kernels: dict[str, str | None] | None = None,
         teacher_precision: Literal["fp32", "bf16", "fp8"] = "fp32",
         predictor_dim: int = 384,
         predictor_depth: int = 12,
@@ -170,6 +198,7 @@ class StudentModule(SaltModule):
                 f"teacher_precision={teacher_precision!r} is for a frozen teacher; the EMA teacher "
                 "is updated from the student's weights every step and stays fp32"
             )
+        self.sdpa_kernels = resolve_sdpa_kernels(sdpa_kernels)
         self.teacher_precision = teacher_precision
         self.fp8_backend: str | None = None  # set when the FP8 teacher is built
         self._teacher_prepared_on: torch.device | None = None
@@ -214,6 +243,9 @@ class StudentModule(SaltModule):
             attn_backend=self.encoder.attn_backend,
             act_checkpoint=act_checkpoint,
         )
+        set_sdpa_kernel(self.encoder, self.sdpa_kernels["encoder"])
+        set_sdpa_kernel(self.predictor, self.sdpa_kernels["predictor"])
+        set_sdpa_kernel(teacher_encoder, self.sdpa_kernels["teacher"])
 
     def _load_teacher(self, path: str | None) -> VideoViT:
         if not path:

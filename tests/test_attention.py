@@ -172,3 +172,101 @@ def test_flex_on_cuda_matches_sdpa_with_gradients():
         grads.append((out.detach(), x.grad.clone()))
     torch.testing.assert_close(grads[1][0], grads[0][0], rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(grads[1][1], grads[0][1], rtol=1e-4, atol=1e-4)
+
+
+class _OpRecorder(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records the aten ops that run (which SDPA kernel PyTorch picked)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+def _sdpa_ops(attn: Attention, x: torch.Tensor) -> list[str]:
+    """The fused SDPA kernels and softmaxes (the math path's trace) one forward runs."""
+    with _OpRecorder() as rec:
+        attn(x)
+    return [op for op in rec.ops if "scaled_dot_product" in op or "softmax" in op]
+
+
+def test_sdpa_kernel_per_call_site_picks_the_kernel_and_keeps_outputs():
+    """Each Attention runs the kernel set on it (math vs the CPU flash kernel here), the
+    process-wide flags are untouched afterwards, and outputs agree."""
+    from salt.models import set_sdpa_kernel
+
+    torch.manual_seed(0)
+    attn = Attention(64, 4).eval()
+    x = torch.randn(2, 40, 64)
+    flags = torch.nn.attention._cur_sdpa_kernel_backends(with_priority=True)
+    with torch.no_grad():
+        default_out = attn(x)
+        default_ops = _sdpa_ops(attn, x)
+        set_sdpa_kernel(attn, "math")
+        math_ops = _sdpa_ops(attn, x)
+        math_out = attn(x)
+        set_sdpa_kernel(attn, "flash")
+        flash_ops = _sdpa_ops(attn, x)
+    assert any("flash" in op for op in default_ops), default_ops  # PyTorch's CPU choice
+    assert not any("softmax" in op for op in default_ops), default_ops
+    assert any("softmax" in op for op in math_ops), math_ops  # the unfused math path
+    assert not any("flash" in op for op in math_ops), math_ops
+    assert any("flash" in op for op in flash_ops), flash_ops
+    torch.testing.assert_close(math_out, default_out, atol=1e-5, rtol=1e-5)
+    assert torch.nn.attention._cur_sdpa_kernel_backends(with_priority=True) == flags
+    with pytest.raises(ValueError, match="SDPA kernel must be one of"):
+        set_sdpa_kernel(attn, "fa3")
+
+
+def test_sdpa_kernel_choice_compiles_without_graph_break():
+    """torch.compile traces the per-site kernel context into one graph (fullgraph), with
+    gradients; the compiled block matches eager."""
+    from salt.models import set_sdpa_kernel
+    from salt.models.block import Block
+
+    torch.manual_seed(0)
+    block = Block(64, 4, 128)
+    set_sdpa_kernel(block, "cudnn")  # on the CPU: falls back to the next kernel in its order
+    x = torch.randn(2, 24, 64, requires_grad=True)
+    ref = block(x)
+    compiled = torch.compile(block, backend="aot_eager", fullgraph=True)
+    out = compiled(x)
+    torch.testing.assert_close(out, ref)
+    out.sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+def test_student_sdpa_kernels_option(tmp_path):
+    """``sdpa_kernels`` sets each call site's kernel (defaults: teacher cuDNN, student and
+    predictor FlashAttention-2), also for the EMA teacher; unknown sites or kernels are a
+    ``UsageError`` naming them."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from bench_setup import make_teacher_file
+
+    from salt.errors import UsageError
+    from salt.student import StudentModule
+
+    teacher = make_teacher_file(tmp_path / "t.safetensors", "vit_test", 32, 8, patch_size=8)
+    kw = {"encoder": "vit_test", "encoder_kwargs": {"patch_size": 8}, "img_size": 32,
+          "num_frames": 8, "predictor_dim": 48, "predictor_depth": 1, "predictor_heads": 4,
+          "predictor_mlp_hidden": 96}  # fmt: skip
+
+    def kernels(m):
+        return {a.sdpa_kernel for a in m.modules() if isinstance(a, Attention)}
+
+    m = StudentModule(teacher=str(teacher), sdpa_kernels={"predictor": "cudnn", "encoder": None},
+                      **kw)  # fmt: skip
+    assert kernels(m.teacher.encoder) == {"cudnn"}
+    assert kernels(m.predictor) == {"cudnn"} and kernels(m.encoder) == {None}
+    ema = StudentModule(teacher="ema", **kw)
+    assert kernels(ema.teacher.encoder) == {"cudnn"} and kernels(ema.encoder) == {"flash"}
+    with pytest.raises(UsageError, match="unknown call site 'decoder'"):
+        StudentModule(teacher=str(teacher), sdpa_kernels={"decoder": "flash"}, **kw)
+    with pytest.raises(UsageError, match="sdpa_kernels.teacher: SDPA kernel must be one of"):
+        StudentModule(teacher=str(teacher), sdpa_kernels={"teacher": "fa3"}, **kw)

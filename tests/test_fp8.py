@@ -6,6 +6,9 @@ numerically right where they can be checked on a CPU.
 - ``Fp8Linear`` (the ``torch._scaled_mm`` fallback; PyTorch has a CPU kernel for it) matches the
   fp32 layer per token (cosine ≥ 0.999), keeps zero rows finite, and replaces exactly the block
   linears of a teacher, whose layer-normed targets stay close (cosine ≥ 0.99).
+- quantising is done once: a second ``apply_teacher_precision`` (the teacher looked up again, e.g.
+  on ``cuda`` then ``cuda:0``) changes nothing, another precision is refused, and quantising
+  already-FP8 block linears again is a clear ``ValueError``.
 - ``"bf16"`` casts the teacher once and feeds it a bf16 clip; its targets match fp32's.
 The FP8 speed and the quality gate on real sizes are GPU measurements (benchmarks/fp8_gate.py).
 """
@@ -23,6 +26,7 @@ from train_helpers import PREDICTOR, datamodule, shards, trainer  # noqa: F401 (
 from salt.errors import UsageError
 from salt.fp8 import (
     Fp8Linear,
+    apply_teacher_precision,
     check_teacher_precision,
     fp8_unavailable_reason,
     quantize_blocks_fp8,
@@ -134,3 +138,22 @@ def test_bf16_teacher_casts_once_and_matches_fp32(teacher_file):
     lb, _ = b.training_loss(batch)  # fp32 student, bf16 teacher: runs without autocast
     assert torch.isfinite(lb)
     torch.testing.assert_close(lb, la, rtol=2e-2, atol=2e-2)
+
+
+def test_teacher_precision_applies_once_and_double_quantising_is_refused():
+    torch.manual_seed(0)
+    enc = create_encoder("vit_test", img_size=32, num_frames=8, patch_size=8).eval()
+    assert apply_teacher_precision(enc, "fp8", "scaled_mm") == "scaled_mm"
+    first = [m for m in enc.modules() if isinstance(m, Fp8Linear)]
+    weights = [m.weight_fp8.clone() for m in first]
+    assert len(first) == 4 * len(enc.blocks)
+    # the same precision again (what a second device lookup does): nothing changes
+    assert apply_teacher_precision(enc, "fp8", "scaled_mm") == "scaled_mm"
+    again = [m for m in enc.modules() if isinstance(m, Fp8Linear)]
+    assert all(a is b for a, b in zip(first, again, strict=True))
+    assert all(torch.equal(w, m.weight_fp8) for w, m in zip(weights, again, strict=True))
+    with pytest.raises(ValueError, match="already prepared as 'fp8'"):
+        apply_teacher_precision(enc, "bf16")
+    # the low-level call refuses FP8 linears instead of quantising them a second time
+    with pytest.raises(ValueError, match="already FP8"):
+        quantize_blocks_fp8(enc, "scaled_mm")

@@ -5,6 +5,9 @@
 #   bash benchmarks/run_gpu.sh h100 [LIMIT_S] [extra step_throughput.py args]   # issue 7, 1 GPU
 #   bash benchmarks/run_gpu.sh x2   [LIMIT_S] [extra multi_gpu.py args]         # issue 6.6, 2 GPUs
 #   bash benchmarks/run_gpu.sh fit  [LIMIT_S] [extra fit_throughput.py args]    # salt fit, shipped config
+#   bash benchmarks/run_gpu.sh probe 340      # online probe step vs V-JEPA 2's (1 GPU, <= 6 min)
+#   bash benchmarks/run_gpu.sh probe2 340     # the same salt step under torchrun on 2 GPUs
+#     (probe: V-JEPA 2's checkout at $VJEPA2, default wheels/vjepa2, carried with the wheels)
 #
 # LIMIT_S (default 580) is the whole call's wall-clock budget; give the device call a timeout a
 # little above it. Results land in $OUT (default /tmp/salt_out): env.txt, *.json, *_log.txt and
@@ -69,6 +72,29 @@ case "$MODE" in
     timeout "$BACKSTOP" $PY benchmarks/fit_throughput.py --json "$OUT/fit.json" \
       --deadline "$DEADLINE" "$@" 2>&1 | tee "$OUT/fit_log.txt"
     ;;
-  *) echo "unknown mode $MODE (h100 | x2 | fit)"; exit 2 ;;
+  probe)
+    # budget: salt ViT-L variants, then V-JEPA 2's own step (B=4, 8), then salt ViT-g; every
+    # stage prints its rows as it goes and stops starting work at its own deadline
+    NOW=$(date +%s); LEFT=$((DEADLINE - NOW))
+    D1=$((NOW + LEFT * 45 / 100)); D2=$((NOW + LEFT * 70 / 100))
+    timeout $((D1 - NOW + 60)) $PY benchmarks/probe_throughput.py --models vit_large \
+      --deadline "$D1" --json "$OUT/probe_vitl.json" "$@" 2>&1 | tee "$OUT/probe_log.txt"
+    VJEPA2=${VJEPA2:-wheels/vjepa2}
+    if [ -d "$VJEPA2/src" ]; then
+      timeout $((D2 - $(date +%s) + 45)) $PY benchmarks/peers/vjepa2_probe.py --vjepa2 "$VJEPA2" \
+        --batches 4 8 --deadline "$D2" --json "$OUT/probe_vjepa2.json" 2>&1 \
+        | grep -v "INFO:root" | tee -a "$OUT/probe_log.txt"
+    else
+      echo "no V-JEPA 2 checkout at $VJEPA2: peer step skipped" | tee -a "$OUT/probe_log.txt"
+    fi
+    timeout $((DEADLINE - $(date +%s) + 10)) $PY benchmarks/probe_throughput.py --models vit_giant \
+      --deadline "$DEADLINE" --json "$OUT/probe_vitg.json" "$@" 2>&1 | tee -a "$OUT/probe_log.txt"
+    ;;
+  probe2)
+    timeout "$BACKSTOP" $PY -m torch.distributed.run --nproc-per-node 2 \
+      benchmarks/probe_throughput.py --models vit_large --deadline "$DEADLINE" \
+      --json "$OUT/probe_2gpu.json" "$@" 2>&1 | tee "$OUT/probe2_log.txt"
+    ;;
+  *) echo "unknown mode $MODE (h100 | x2 | fit | probe | probe2)"; exit 2 ;;
 esac
 echo "run_gpu.sh done in $(( $(date +%s) - START ))s"

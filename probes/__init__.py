@@ -1,38 +1,39 @@
 """salt.probes: frozen-backbone evaluation of SALT encoders.
 
 `load_encoder` (re-exported from `salt.encoder_io`) rebuilds an encoder from a checkpoint of either
-stage or an exported `.safetensors`; features.py extracts multi-clip × multi-view tokens once;
-heads.py has the attentive and linear probes; sweep.py trains a grid of heads on shared features
-and selects one on a held-out slice of train (selection.py); metrics.py scores validation once;
-protocol.py ties these together for `salt-probe` (cli.py); compare.py and runs_cli.py
-(`salt-runs`) relate student training loss to probe accuracy across checkpoints; callback.py is a
-live probe during training.
+stage or an exported `.safetensors`. The probe protocol (protocol.py, `salt-probe` in cli.py):
+tokens come from the frozen encoder every epoch (online.py) or from features extracted once
+(features.py, sources.py); one loop (loop.py) trains the lr × wd grid of heads (heads.py, held as
+stacked parameters in stacked.py with the per-head AdamW of optim.py, grid.py), optionally
+halving it, chooses a head on a held-out slice of train (selection.py), scores validation once
+(metrics.py), retrains the chosen setting on all of train and scores it once more; ranks
+(dist.py), resumable state (state.py) and MLflow runs (tracking.py) around it. compare.py and
+runs_cli.py (`salt-runs`) relate student training loss to probe accuracy across checkpoints;
+callback.py is a live probe during training.
 """
 
 from salt.encoder_io import load_encoder
 from salt.probes.config import ProbeConfig, load_config
 from salt.probes.features import FeatureSet, encode_clips, extract_features
+from salt.probes.grid import HeadSpec, ProbeGrid, make_grid
 from salt.probes.heads import AttentiveProbe, CrossAttentionBlock, LinearProbe, build_head
-from salt.probes.protocol import ProbeResult, evaluate_encoder, random_like
-from salt.probes.selection import select_head, stratified_split
-from salt.probes.sweep import (
-    HeadGrid,
-    HeadSpec,
+from salt.probes.protocol import (
+    ProbeResult,
     SweepResult,
-    make_grid,
-    predict,
-    run_sweep,
-    train_grid,
+    evaluate_encoder,
+    probe_features,
+    random_like,
 )
+from salt.probes.selection import select_head, stratified_split
 
 __all__ = [
     "AttentiveProbe",
     "CrossAttentionBlock",
     "FeatureSet",
-    "HeadGrid",
     "HeadSpec",
     "LinearProbe",
     "ProbeConfig",
+    "ProbeGrid",
     "ProbeResult",
     "SweepResult",
     "build_head",
@@ -42,10 +43,8 @@ __all__ = [
     "load_config",
     "load_encoder",
     "make_grid",
-    "predict",
+    "probe_features",
     "random_like",
-    "run_sweep",
     "select_head",
     "stratified_split",
-    "train_grid",
 ]

@@ -1,6 +1,6 @@
 """A live probe during training: every N steps, a quick probe on the current encoder.
 
-SPEC.md "Model selection": the student's loss predicts its frozen accuracy. `LiveProbe` makes
+SALT's model-selection claim: the student's loss predicts its frozen accuracy. `LiveProbe` makes
 that visible while a run is live — every `every_n_steps` optimizer steps it encodes a small
 labelled set with the module's current encoder (frozen for the moment: eval mode, no grad), trains
 one quick head (linear, or a tiny attentive probe) for a few epochs and logs `probe/live_top1` to
@@ -23,8 +23,9 @@ import pytorch_lightning as pl
 import torch
 
 from salt.probes.features import encode_clips
+from salt.probes.grid import HeadSpec, ProbeGrid
+from salt.probes.optim import lr_factor
 from salt.probes.selection import stratified_split
-from salt.probes.sweep import HeadGrid, HeadSpec, predict, train_grid
 
 
 class LiveProbe(pl.Callback):
@@ -188,13 +189,18 @@ class LiveProbe(pl.Callback):
         else:
             fit_idx, held_idx = stratified_split(labels, self.heldout_fraction, self.seed)
             val_feats, val_labels = feats[held_idx.to(feats.device)], labels[held_idx]
-        grid = HeadGrid([self.spec], feats.shape[-1], self.num_classes, self.depth, self.num_heads)
+        grid = ProbeGrid([self.spec], feats.shape[-1], self.num_classes, depth=self.depth,
+                         num_heads=self.num_heads, seed=self.seed, device=device)  # fmt: skip
+        gen = torch.Generator().manual_seed(self.seed)
+        steps = -(-len(fit_idx) // self.batch_size)
         with torch.enable_grad():
-            train_grid(
-                grid, feats, labels, fit_idx, epochs=self.epochs, batch_size=self.batch_size,
-                seed=self.seed, device=device,
-            )  # fmt: skip
-        probs = predict(
-            grid.heads[self.spec.name], val_feats, batch_size=self.batch_size, device=device
-        )
+            for epoch in range(self.epochs):
+                order = fit_idx[torch.randperm(len(fit_idx), generator=gen)]
+                for i in range(steps):
+                    rows = order[i * self.batch_size : (i + 1) * self.batch_size]
+                    x = feats[rows.to(feats.device), 0]  # [b, N, D], the one view
+                    y = labels[rows].to(device)
+                    grid.train_step(x, y, lr_factor(epoch * steps + i, self.epochs * steps, 0))
+        probs = torch.cat([grid.view_probs(val_feats[i : i + self.batch_size])[0].cpu()
+                           for i in range(0, len(val_feats), self.batch_size)])  # fmt: skip
         return (probs.argmax(-1) == val_labels).float().mean().item()

@@ -87,6 +87,8 @@ class AttentiveProbe(nn.Module):
         if embed_dim % num_heads:
             raise ValueError(f"probe num_heads={num_heads} must divide the token width {embed_dim}")
         self.init_std = init_std
+        self.embed_dim, self.num_classes, self.depth = embed_dim, num_classes, depth
+        self.num_heads, self.mlp_ratio = num_heads, mlp_ratio
         self.blocks = nn.ModuleList(
             Block(embed_dim, num_heads, mlp_ratio, qkv_bias=True, norm_layer=_LayerNorm)
             for _ in range(depth - 1)

@@ -50,6 +50,11 @@ def stratified_split(
     return fit_idx, held_idx
 
 
+def rank_heads(heldout: Mapping[str, Mapping[str, float]]) -> list[str]:
+    """Head names best first: held-out top-1 (higher), then loss (lower), then name."""
+    return sorted(heldout, key=lambda name: (-heldout[name]["top1"], heldout[name]["loss"], name))
+
+
 def select_head(heldout: Mapping[str, Mapping[str, float]]) -> str:
     """Name of the head with the best held-out score.
 
@@ -62,4 +67,4 @@ def select_head(heldout: Mapping[str, Mapping[str, float]]) -> str:
     """
     if not heldout:
         raise ValueError("no heads to select from")
-    return min(heldout, key=lambda name: (-heldout[name]["top1"], heldout[name]["loss"], name))
+    return rank_heads(heldout)[0]

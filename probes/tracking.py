@@ -159,3 +159,98 @@ def search(uri: str, experiment: str, kind: str = PROBE_KIND) -> list[Any]:
         token = page.token
         if not token:
             return runs
+
+
+# --------------------------------------------------------------------------- long-running probe runs
+def run_exists(c: Any, run_id: str | None) -> bool:
+    """Whether run `run_id` is in this store."""
+    if not run_id:
+        return False
+    try:
+        c.get_run(run_id)
+    except Exception:
+        return False
+    return True
+
+
+def start_run(
+    uri: str,
+    experiment: str,
+    *,
+    run_name: str,
+    tags: Mapping[str, Any],
+    params: Mapping[str, Any] = (),
+    parent_run_id: str | None = None,
+) -> str:
+    """Create a RUNNING run (nested under `parent_run_id` when that run is in this store)."""
+    from mlflow.entities import Param
+
+    c = client(uri)
+    tags = {k: str(v) for k, v in tags.items()}
+    if run_exists(c, parent_run_id):
+        tags["mlflow.parentRunId"] = str(parent_run_id)
+    run = c.create_run(experiment_id(c, experiment, uri), tags=tags, run_name=run_name)
+    ps = [Param(k, str(v)[:6000]) for k, v in dict(params).items()]
+    for i in range(0, len(ps), 100):
+        c.log_batch(run.info.run_id, params=ps[i : i + 100])
+    return run.info.run_id
+
+
+def resume_run(uri: str, run_id: str) -> bool:
+    """Mark an interrupted run RUNNING again (a resumed probe logs into it); False if it is gone."""
+    c = client(uri)
+    if not run_exists(c, run_id):
+        return False
+    c.update_run(run_id, status="RUNNING")
+    return True
+
+
+def log_metrics(uri: str, run_id: str, metrics: Mapping[str, float | None], step: int = 0) -> None:
+    """Metrics at one step (None values are left out)."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    ms = [Metric(k, float(v), now, int(step)) for k, v in dict(metrics).items() if v is not None]
+    c = client(uri)
+    for i in range(0, len(ms), 100):
+        c.log_batch(run_id, metrics=ms[i : i + 100])
+
+
+def finish_run(
+    uri: str,
+    run_id: str,
+    *,
+    tags: Mapping[str, Any] = (),
+    metrics: Mapping[str, float | None] = (),
+    artifacts: Mapping[str, str | Path] = (),
+    json_artifacts: Mapping[str, Any] = (),
+    status: str = "FINISHED",
+) -> None:
+    """Final tags, metrics and files of a run, then its end status."""
+    import json
+
+    c = client(uri)
+    for k, v in dict(tags).items():
+        c.set_tag(run_id, k, str(v))
+    log_metrics(uri, run_id, metrics)
+    for sub, path in dict(artifacts).items():
+        c.log_artifact(run_id, str(path), artifact_path=sub or None)
+    if json_artifacts:
+        with tempfile.TemporaryDirectory() as tmp:
+            for name, obj in dict(json_artifacts).items():
+                p = Path(tmp) / name
+                p.write_text(json.dumps(obj, indent=2, default=str))
+                c.log_artifact(run_id, str(p))
+    c.set_terminated(run_id, status)
+
+
+def log_into_training_run(
+    uri: str, run_id: str | None, metrics: Mapping[str, float], step: int | None
+) -> bool:
+    """Log probe metrics into the training run that wrote the checkpoint, at its global step, so
+    a training run's page shows `probe/<task>/top1` against its loss; False if it is not here."""
+    c = client(uri)
+    if not run_exists(c, run_id):
+        return False
+    log_metrics(uri, run_id, metrics, step=step or 0)
+    return True

@@ -109,6 +109,12 @@ def test_salt_probe_writes_json_and_mlflow_run_beside_training(
     assert metrics["pretrain/train_loss"] == pytest.approx(meta["train_loss"])
     assert metrics["probe/random_top1"] == pytest.approx(res["random_top1"])
     assert any(k.startswith("probe/grid/") for k in metrics)
+    # nested under the training run, which gets probe/<task>/top1 at the checkpoint's step
+    assert tags["mlflow.parentRunId"] == meta["mlflow_run_id"]
+    c = tracking.client(ml["tracking_uri"])
+    hist = c.get_metric_history(meta["mlflow_run_id"], "probe/tiny/top1")
+    assert [(m.step, m.value) for m in hist] == [(4, pytest.approx(res["top1"]))]
+    assert res["task"] == "tiny" and ml["training_run_metric"] is True
     arts = {a.path for a in tracking.client(ml["tracking_uri"]).list_artifacts(ml["run_id"])}
     assert {"student_confusion.png", "probe_result.json"} <= arts
 
@@ -122,6 +128,9 @@ def test_salt_probe_teacher_checkpoint_and_bad_input(trained, tmp_path, capsys):
     res = json.loads(out.read_text())
     assert res["stage"] == "teacher" and res["teacher_sha256"] is None
     assert res["mlflow"]["experiment"] == "salt-probe"  # the pretraining run is not in this store
+    run = tracking.client(uri).get_run(res["mlflow"]["run_id"])
+    assert "mlflow.parentRunId" not in run.data.tags  # its parent is in another store
+    assert res["mlflow"]["training_run_metric"] is False
     assert _probe(trained, tmp_path / "missing.ckpt", "--no-mlflow") == 2
     assert "not found" in capsys.readouterr().err
     bad_cfg = tmp_path / "bad.yaml"

@@ -92,21 +92,37 @@ def test_feature_memory_guard_stops_clearly(shards, encoder):
     loader = eval_loader(
         shards["val"], frames_per_clip=8, frame_step=2, crop_size=32, batch_size=2, num_workers=0
     )
-    with pytest.raises(MemoryError, match=r"MiB each.*max_feature_gb"):
+    with pytest.raises(ValueError, match=r"MiB each.*max_feature_gb"):
         extract_features(encoder, loader, max_bytes=10_000)
 
 
 @requires_cuda
 def test_cuda_features_are_bf16_and_heads_train_under_autocast():
-    from salt.probes.sweep import make_grid, run_sweep
+    from salt.probes.config import load_config
+    from salt.probes.features import FeatureSet
+    from salt.probes.protocol import probe_features
 
     enc = create_encoder("vit_test").cuda().eval()
     video = torch.randint(0, 256, (4, 2, 1, 3, 4, 32, 32), dtype=torch.uint8, device="cuda")
     out = encode_clips(enc, video)
     assert out.dtype == torch.bfloat16 and out.shape == (4, 1, 2 * 8, 64)
     feats, labels = torch.randn(24, 1, 16, 64).half(), torch.arange(24) % 3
-    res = run_sweep(
-        feats, labels, feats[:6], specs=make_grid(["attentive", "linear"], [1e-3], [0.01]),
-        num_classes=3, depth=2, num_heads=4, epochs=2, batch_size=8, device="cuda",
-    )  # fmt: skip
+    cfg = load_config(None, dict(head_kinds=["attentive", "linear"], lrs=[1e-3], wds=[0.01],
+                                 probe_depth=2, probe_heads=4, epochs=2, batch_size=8))  # fmt: skip
+    res = probe_features(FeatureSet(feats, labels), feats[:6], cfg, 3, device="cuda")
     assert res.val_probs.shape == (6, 3) and torch.isfinite(res.val_probs).all()
+
+
+def test_multi_level_features_join_blocks_along_tokens_or_channels(encoder):
+    video = torch.randint(0, 256, (2, 2, 1, 3, 8, 32, 32), dtype=torch.uint8)  # [B, S, V, ...]
+    x = normalize(video[:, :, 0].flatten(0, 1))
+    blocks = encoder.forward_intermediates(x, [0, 1], norm=True)  # 2 × [B·S, N, D]
+    n, d = blocks[0].shape[1:]
+    tok = encode_clips(encoder, video, layers=[0, 1], concat="tokens")
+    ch = encode_clips(encoder, video, layers=[0, 1], concat="channels")
+    assert tok.shape == (2, 1, 2 * 2 * n, d) and ch.shape == (2, 1, 2 * n, 2 * d)
+    # segment s of sample b holds [block 0 tokens, block 1 tokens] (V-JEPA 2's order)
+    torch.testing.assert_close(tok[1, 0, : 2 * n], torch.cat([blocks[0][2], blocks[1][2]]))
+    torch.testing.assert_close(ch[1, 0, n:], torch.cat([blocks[0][3], blocks[1][3]], -1))
+    last = encode_clips(encoder, video)
+    torch.testing.assert_close(last, encode_clips(encoder, video, layers=[-1]))

@@ -4,9 +4,9 @@ import pytest
 import torch
 from timm.models.vision_transformer import Block
 
+from salt.probes.grid import ProbeGrid, make_grid
 from salt.probes.heads import AttentiveProbe, CrossAttentionBlock, LinearProbe, build_head
 from salt.probes.metrics import classification_metrics, save_confusion_png
-from salt.probes.sweep import HeadGrid, make_grid, predict, train_grid
 
 
 def test_attentive_probe_structure_and_shapes():
@@ -38,45 +38,49 @@ def test_linear_probe_pools_mean():
     torch.testing.assert_close(p(x), p(x.mean(1)))
 
 
-def test_grid_param_groups_carry_lr_wd_and_skip_decay_on_1d_and_query():
+def test_grid_gives_every_head_its_lr_wd_and_no_decay_on_1d_and_query():
     specs = make_grid(["attentive", "linear"], [1e-3, 3e-3], [0.0, 0.4], linear_lrs=[0.1])
     assert [s.name for s in specs][-2:] == ["linear_lr0.1_wd0", "linear_lr0.1_wd0.4"]
-    grid = HeadGrid(specs, 32, 5, depth=2, num_heads=4)
-    groups = grid.param_groups()
-    assert len(groups) == 2 * len(specs)
+    grid = ProbeGrid(specs, 32, 5, depth=2, num_heads=4)
+    assert grid.names == [s.name for s in specs]
+    att = grid.opts["attentive"]
+    assert att.lrs.tolist() == pytest.approx([1e-3, 1e-3, 3e-3, 3e-3])
+    assert att.wds.tolist() == pytest.approx([0.0, 0.4, 0.0, 0.4])
+    assert grid.opts["linear"].lrs.tolist() == pytest.approx([0.1, 0.1])
+    for name, p in grid.parts["attentive"].p.items():
+        assert att.decay[name] == (p.dim() >= 3 and name != "query"), name
     n_params = sum(p.numel() for p in grid.parameters())
-    assert sum(p.numel() for g in groups for p in g["params"]) == n_params  # each param once
-    query_ids = {id(h.query) for h in grid.head_list if isinstance(h, AttentiveProbe)}
-    for g in groups:
-        if g["weight_decay"] > 0:
-            assert all(p.ndim >= 2 and id(p) not in query_ids for p in g["params"])
-    assert {g["lr"] for g in groups} == {1e-3, 3e-3, 0.1}
+    assert n_params == sum(p.numel() for o in grid.opts.values() for p in o.params.values())
 
 
-def test_train_grid_learns_separable_features_and_leaves_features_untouched():
+def test_grid_learns_separable_features_and_leaves_features_untouched():
     torch.manual_seed(0)
     M, V, N, D, C = 96, 2, 8, 16, 3
     y = torch.arange(M) % C
     protos = torch.randn(C, D) * 2
     feats = (torch.randn(M, V, N, D) + protos[y][:, None, None]).half()
     before = feats.clone()
-    grid = HeadGrid(make_grid(["attentive", "linear"], [3e-3], [0.01]), D, C, depth=1, num_heads=4)
-    losses = train_grid(grid, feats, y, torch.arange(M), epochs=8, batch_size=16)
-    assert set(losses) == set(grid.heads) and all(v < 0.5 for v in losses.values())
-    probs = predict(grid, feats)
-    for p in probs.values():
-        assert p.shape == (M, C)
-        torch.testing.assert_close(p.sum(-1), torch.ones(M))
-        assert (p.argmax(-1) == y).float().mean() > 0.9
+    grid = ProbeGrid(make_grid(["attentive", "linear"], [3e-3], [0.01]), D, C, depth=1, num_heads=4)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(8):
+        order = torch.randperm(M, generator=gen)
+        for i in range(0, M, 16):
+            rows = order[i : i + 16]
+            losses = grid.train_step(feats[rows, 0].float(), y[rows], 1.0)
+    assert losses.shape == (2,) and (losses < 0.5).all()
+    probs = grid.view_probs(feats.float())  # [G, M, C]
+    assert probs.shape == (2, M, C)
+    torch.testing.assert_close(probs.sum(-1), torch.ones(2, M))
+    assert ((probs.argmax(-1) == y).float().mean(1) > 0.9).all()
     assert torch.equal(feats, before)
 
 
-def test_predict_averages_softmax_over_views():
-    head = LinearProbe(4, 3)
+def test_view_probs_average_softmax_over_views():
+    grid = ProbeGrid(make_grid(["linear"], [1e-3], [0.0]), 4, 3)
+    head = grid.export(grid.names[0])
     feats = torch.randn(5, 3, 2, 4)  # [M, V, N, D]
-    probs = predict(head, feats)
     per_view = torch.stack([head(feats[:, v]).softmax(-1) for v in range(3)], 1)
-    torch.testing.assert_close(probs, per_view.mean(1))
+    torch.testing.assert_close(grid.view_probs(feats)[0], per_view.mean(1))
 
 
 def test_metrics_topk_clamps_and_per_class(tmp_path):

@@ -1,8 +1,10 @@
 """Honest head selection: the held-out slice comes from train, validation labels never choose.
 
-Two checks that can fail for the right reason: (1) corrupting the validation labels changes
-nothing but the reported score (same chosen head, same grid, same predictions); (2) the protocol
-runs with validation labels that raise on any use, except inside the final scoring step.
+Checks that can fail for the right reason: (1) corrupting the validation labels changes nothing
+but the reported score (same chosen head, same grid, same predictions); (2) the protocol runs
+with validation labels that raise on any use, except inside the final scoring step; (3) in the
+loop both modes share, no validation batch is requested before the head is chosen and the
+held-out slice is read only before that.
 """
 
 import inspect
@@ -13,8 +15,10 @@ import torch
 from salt.probes import protocol
 from salt.probes.config import load_config
 from salt.probes.features import FeatureSet
+from salt.probes.grid import make_grid
+from salt.probes.loop import Loop
 from salt.probes.selection import select_head, stratified_split
-from salt.probes.sweep import run_sweep
+from salt.probes.sources import CachedSource
 
 
 def _features(M, seed, C=4, V=2, N=6, D=16, noise=3.0):
@@ -58,9 +62,42 @@ def test_select_head_ranks_top1_then_loss_then_name():
     assert select_head(held) == "a"
 
 
-def test_run_sweep_has_no_validation_label_input():
-    params = set(inspect.signature(run_sweep).parameters)
+def test_probe_features_has_no_validation_label_input():
+    params = set(inspect.signature(protocol.probe_features).parameters)
     assert "val_feats" in params and not any("val" in p and "label" in p for p in params)
+
+
+class _Recording(CachedSource):
+    """A cached source that records which split the loop asks for, in order."""
+
+    calls: list[str]
+
+    def eval_batches(self, split):
+        self.calls.append(split)
+        return super().eval_batches(split)
+
+    def train_batches(self, epoch, full):
+        self.calls.append("train_all" if full else "train_fit")
+        return super().train_batches(epoch, full)
+
+
+@pytest.mark.parametrize("schedule", ["full", "halving"])
+def test_loop_reads_validation_only_after_the_choice(schedule):
+    train, val = _features(96, seed=0), _features(40, seed=1)
+    cfg = load_config(None, {**CFG.to_dict(), "grid_schedule": schedule, "halving_epochs": [1, 2]})
+    src = _Recording(train, val, batch_size=16, val_batch_size=8, heldout_fraction=0.25, seed=0,
+                     device="cpu")  # fmt: skip
+    src.calls = []
+    specs = make_grid(cfg.head_kinds, cfg.lrs, cfg.wds)
+    st = Loop(src, cfg, specs, 4, log=lambda m: None).run()
+    calls = src.calls
+    first_val = calls.index("val")
+    assert "heldout" not in calls[first_val:] and "train_fit" not in calls[first_val:]
+    assert calls[first_val - 1] == "heldout"  # the choice is made on held-out, then val once
+    assert calls.count("val") == 2 and calls[-1] == "val"  # the chosen head, then its retrain
+    assert calls.count("heldout") == (3 if schedule == "halving" else 1)
+    assert st["selected"] == select_head({n: s for n, s in st["grid_scores"].items()
+                                          if s["epochs"] == cfg.epochs})  # fmt: skip
 
 
 def test_corrupted_validation_labels_change_only_the_score():
@@ -92,18 +129,17 @@ def test_protocol_reads_validation_labels_only_when_scoring(monkeypatch):
     poisoned = FeatureSet(val.feats, val.labels.as_subclass(_Poisoned), val.keys)
     splits = {"train features": train, "val features": poisoned}
     monkeypatch.setattr(protocol, "split_features", lambda *a, desc, **k: splits[desc])
-    real_score = protocol.score
+    real_validate = Loop._validate
 
-    def score(sweep, tr, va, num_classes):
+    def validate(self, grid, st):  # the loop's one read of the validation split
+        assert "selected" in st  # the head is chosen before
         _Poisoned.scoring = True
         try:
-            return real_score(
-                sweep, tr, FeatureSet(va.feats, va.labels.as_subclass(torch.Tensor)), num_classes
-            )
+            return real_validate(self, grid, st)
         finally:
             _Poisoned.scoring = False
 
-    monkeypatch.setattr(protocol, "score", score)
+    monkeypatch.setattr(Loop, "_validate", validate)
     res = protocol.evaluate_encoder(
         torch.nn.Identity(), CFG, "unused", "unused", 4, log=lambda m: None
     )

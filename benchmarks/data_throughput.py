@@ -15,7 +15,19 @@ Measured:
 Per-core figures divide by CPU seconds actually used (process + reaped worker children), which is
 robust on a shared machine; wall-clock rates are printed beside them.
 
-    python benchmarks/data_throughput.py [--workers 2] [--json OUT]
+Decoders compared (``--decoders``), each in its own child process on the same shards, because
+decord 0.6.0 and its maintained fork ``decord2`` install the same ``decord`` module:
+  decord      decord 0.6.0 from the environment (salt's default on Linux x86-64)
+  decord2     the fork, importable from ``--site decord2=DIR`` (``pip install --target DIR decord2``)
+  torchcodec  PyTorch's decoder (system FFmpeg 4-7 libraries), ``--site torchcodec=DIR`` or the
+              environment; ``seek_mode="exact"`` (scans the file like decord) and "approximate"
+              (trusts the header) as two rows. The child swaps salt's decord call for a
+              torchcodec one (``_decode_torchcodec``), so everything else is the pipeline salt runs.
+  pyav        PyAV (salt's fallback everywhere)
+
+    python benchmarks/data_throughput.py [--workers 2] [--decoders decord,pyav] [--json OUT]
+    python benchmarks/data_throughput.py --decoders decord,decord2,torchcodec,torchcodec-approx,pyav \
+        --site decord2=/tmp/dec/decord2 --site torchcodec=/tmp/dec/torchcodec
 """
 
 from __future__ import annotations
@@ -35,9 +47,10 @@ import numpy as np
 import torch
 import webdataset as wds
 
+import salt.data.decode as salt_decode
 from salt.data import VideoDataModule
 from salt.data.dataset import TrainClipStream
-from salt.data.decode import HAVE_DECORD, decode_clip
+from salt.data.decode import DecodedClip, decode_clip
 from salt.data.encode import H264Writer
 from salt.data.sampling import train_indices
 from salt.data.transforms import normalize, train_transform
@@ -99,7 +112,7 @@ def bench_decode(
         if augment:
             train_transform(clip.frames, args.crop, rng)
 
-    for i in range(3):  # warm-up
+    for i in range(min(3, args.clips)):  # warm-up
         one(i)
     wall, cpu = time.perf_counter(), cpu_seconds()
     for i in range(args.clips):
@@ -112,6 +125,90 @@ def bench_decode(
     }
 
 
+# ---------------------------------------------------------------------- decoders under test
+
+DECODERS = ("decord", "decord2", "torchcodec", "torchcodec-approx", "pyav")
+
+
+def _torchcodec_decoder(seek_mode: str):
+    """A drop-in for salt's decord call (same signature) that decodes with torchcodec."""
+    from torchcodec.decoders import VideoDecoder
+
+    def decode(data: bytes, choose, threads: int, true_count: int | None) -> DecodedClip:
+        dec = VideoDecoder(
+            data, dimension_order="NHWC", num_ffmpeg_threads=threads, seek_mode=seek_mode
+        )
+        meta = dec.metadata
+        n = salt_decode._cap(meta.num_frames, true_count) or 0
+        fps = float(meta.average_fps or salt_decode.DEFAULT_FPS)
+        indices = [int(i) for i in choose(n, fps)]
+        frames = dec.get_frames_at(indices).data.numpy()  # [n, H, W, 3], requested order
+        return DecodedClip(frames, indices, n, fps, "torchcodec")
+
+    return decode
+
+
+def use_decoder(name: str) -> tuple[str, str]:
+    """Route salt's decoding to ``name`` in this process; returns (salt backend, version)."""
+    if name == "pyav":
+        import av
+
+        return "pyav", av.__version__
+    if name in ("decord", "decord2"):
+        import decord
+
+        fork = not decord.__version__.startswith("0.")  # decord2 is 1.0 and later
+        if fork != (name == "decord2"):
+            where = os.path.dirname(decord.__file__)
+            raise SystemExit(f"{name}: the importable decord is {decord.__version__} at {where}")
+        return "decord", decord.__version__
+    import torchcodec
+
+    seek = "approximate" if name.endswith("-approx") else "exact"
+    salt_decode.HAVE_DECORD = True  # the "decord" slot of decode_clip now calls torchcodec
+    salt_decode._decode_decord = _torchcodec_decoder(seek)
+    return "decord", f"{torchcodec.__version__} ({seek})"
+
+
+def run_child(args: argparse.Namespace) -> None:
+    """One decoder's rows (decode, decode+augment, end to end) as JSON on stdout."""
+    backend, version = use_decoder(args.child)
+    videos = []
+    for name in sorted(os.listdir(args.shards_dir)):
+        if name.endswith(".tar"):
+            for sample in wds.tarfile_samples([{"url": os.path.join(args.shards_dir, name)}]):
+                videos.append(sample["mp4"])
+    pattern = os.path.join(args.shards_dir, "bench-*.tar")
+    out = {
+        "version": version,
+        "decode": bench_decode(videos, backend, args, augment=False),
+        "decode_augment": bench_decode(videos, backend, args, augment=True),
+        "end_to_end": bench_end_to_end(pattern, args, float_in_worker=False, backend=backend),
+    }
+    if args.float_check:
+        out["end_to_end_float"] = bench_end_to_end(
+            pattern, args, float_in_worker=True, backend=backend
+        )
+    print("RESULT " + json.dumps(out))
+
+
+def run_decoder(name: str, shards_dir: str, args: argparse.Namespace, float_check: bool) -> dict:
+    """Run one decoder's child process (its own ``--site`` first on the path)."""
+    env = dict(os.environ)
+    site = dict(s.split("=", 1) for s in args.site).get(name.removesuffix("-approx"))
+    if site:
+        env["PYTHONPATH"] = site + os.pathsep + env.get("PYTHONPATH", "")
+    cmd = [sys.executable, __file__, *sys.argv[1:], "--child", name, "--shards-dir", shards_dir]
+    if float_check:
+        cmd.append("--float-check")
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
+    if proc.returncode or line is None:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+        return {"error": tail[0][:200]}
+    return json.loads(line[len("RESULT ") :])
+
+
 class FloatInWorker(TrainClipStream):
     """The alternative design: normalise to float32 in the worker (4x the bytes per batch)."""
 
@@ -121,7 +218,9 @@ class FloatInWorker(TrainClipStream):
         return batch
 
 
-def bench_end_to_end(pattern: str, args: argparse.Namespace, float_in_worker: bool) -> dict:
+def bench_end_to_end(
+    pattern: str, args: argparse.Namespace, float_in_worker: bool, backend: str = "auto"
+) -> dict:
     dm = VideoDataModule(
         pattern,
         frames_per_clip=args.frames,
@@ -132,6 +231,7 @@ def bench_end_to_end(pattern: str, args: argparse.Namespace, float_in_worker: bo
         epoch_length=args.batches + args.warmup_batches,
         shuffle_buffer=8,
         pin_memory=False,
+        decoder=backend,
     )
     masks = "none"
     try:
@@ -187,6 +287,24 @@ def environment() -> dict:
     }
 
 
+ROWS = ("decode", "decode_augment", "end_to_end")
+
+
+def summarize(runs: list[dict]) -> dict:
+    """The first run's record with each row's clips/CPU-s replaced by the median over runs
+    (``<row>_range``: min and max), or the first error."""
+    ok = [r for r in runs if "error" not in r]
+    if not ok:
+        return runs[0]
+    out = dict(ok[0])
+    for row in ROWS:
+        values = sorted(r[row]["clips_per_cpu_s"] for r in ok)
+        out[row] = {**ok[0][row], "clips_per_cpu_s": float(np.median(values))}
+        out[row + "_range"] = (values[0], values[-1])
+    out["runs"] = len(ok)
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--videos", type=int, default=16)
@@ -203,28 +321,36 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--batches", type=int, default=12)
     p.add_argument("--warmup-batches", type=int, default=2)
+    p.add_argument("--decoders", default="decord,pyav", help=f"comma list of {', '.join(DECODERS)}")
+    p.add_argument(
+        "--site", action="append", default=[], metavar="NAME=DIR",
+        help="put DIR first on the path of decoder NAME's process (decord2, torchcodec)",
+    )  # fmt: skip
+    p.add_argument("--repeats", type=int, default=1, help="runs per decoder (median reported)")
     p.add_argument("--json", default=None, help="write the results here")
+    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--shards-dir", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--float-check", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.child:
+        run_child(args)
+        return
+    decoders = [d for d in args.decoders.split(",") if d]
+    unknown = sorted(set(decoders) - set(DECODERS))
+    if unknown:
+        p.error(f"unknown decoders {unknown}; choose from {', '.join(DECODERS)}")
 
     env = environment()
     with tempfile.TemporaryDirectory() as tmp:
-        pattern, videos = make_shards(tmp, args)
+        _, videos = make_shards(tmp, args)
         kbps = np.mean([len(v) for v in videos]) * 8 / args.seconds / 1000
-        backends = (["decord"] if HAVE_DECORD else []) + ["pyav"]
-        results: dict = {
-            "env": env,
-            "video_kbps": kbps,
-            "args": vars(args),
-            "decode": {},
-            "decode_augment": {},
-        }
-        for b in backends:
-            results["decode"][b] = bench_decode(videos, b, args, augment=False)
-            results["decode_augment"][b] = bench_decode(videos, b, args, augment=True)
-        results["end_to_end"] = bench_end_to_end(pattern, args, float_in_worker=False)
-        results["end_to_end_float"] = bench_end_to_end(pattern, args, float_in_worker=True)
-    e2e = results["end_to_end"]
-    results["end_to_end_clips_per_s_per_core"] = e2e["clips_per_cpu_s"]
+        results: dict = {"env": env, "video_kbps": kbps, "args": vars(args), "decoders": {}}
+        runs: dict[str, list[dict]] = {name: [] for name in decoders}
+        for rep in range(args.repeats):  # interleaved, so load drifts hit every decoder alike
+            for i, name in enumerate(decoders):
+                runs[name].append(run_decoder(name, tmp, args, float_check=i == 0 and rep == 0))
+        for name, rs in runs.items():
+            results["decoders"][name] = summarize(rs)
 
     print(
         f"# {env['cpu']} | {env['cores']} cores (load {env['loadavg_1m']:.1f}) | torch {env['torch']} | {env['commit']}"
@@ -232,20 +358,33 @@ def main() -> None:
     print(
         f"# {args.videos} videos {args.width}x{args.height} {args.seconds:g}s@{args.fps:g} gop {args.gop}, {kbps:.0f} kbit/s;"
     )
-    print(f"# clips {args.frames}x step {args.step} -> {args.crop}^2")
-    print(f"{'measurement':<26}{'clips/s (wall)':>16}{'clips/CPU-s':>14}")
-    for kind in ("decode", "decode_augment"):
-        for b, r in results[kind].items():
-            print(f"{kind + '/' + b:<26}{r['clips_per_s']:>16.1f}{r['clips_per_cpu_s']:>14.1f}")
-    for kind in ("end_to_end", "end_to_end_float"):
-        r = results[kind]
-        name = f"{kind} ({r['workers']}w)"
-        print(f"{name:<26}{r['clips_per_s']:>16.1f}{r['clips_per_cpu_s']:>14.1f}")
-    mb = (e2e["batch_bytes"], results["end_to_end_float"]["batch_bytes"])
     print(
-        f"# batch bytes uint8 {mb[0] / 2**20:.1f} MiB vs float32 {mb[1] / 2**20:.1f} MiB; masks: {e2e['masks']}"
+        f"# clips {args.frames}x step {args.step} -> {args.crop}^2; end to end: {args.workers} workers"
     )
-    print(f"end_to_end_clips_per_s_per_core = {results['end_to_end_clips_per_s_per_core']:.1f}")
+    print(
+        f"{'decoder':<20}{'version':<28}{'decode':>9}{'+augment':>10}{'end to end':>12}"
+        f"{'e2e min-max':>14}   (clips per CPU-second, median of {args.repeats})"
+    )
+    for name, r in results["decoders"].items():
+        if "error" in r:
+            print(f"{name:<20}{'-':<28}  not run: {r['error']}")
+            continue
+        lo, hi = r["end_to_end_range"]
+        print(
+            f"{name:<20}{r['version']:<28}{r['decode']['clips_per_cpu_s']:>9.1f}"
+            f"{r['decode_augment']['clips_per_cpu_s']:>10.1f}"
+            f"{r['end_to_end']['clips_per_cpu_s']:>12.1f}{f'{lo:.1f}-{hi:.1f}':>14}"
+        )
+    first = results["decoders"][decoders[0]]
+    if "end_to_end_float" in first:
+        mb = (first["end_to_end"]["batch_bytes"], first["end_to_end_float"]["batch_bytes"])
+        print(
+            f"# {decoders[0]}: float32 normalised in the worker instead: "
+            f"{first['end_to_end_float']['clips_per_cpu_s']:.1f} clips/CPU-s; batch bytes uint8 "
+            f"{mb[0] / 2**20:.1f} MiB vs float32 {mb[1] / 2**20:.1f} MiB; "
+            f"masks: {first['end_to_end']['masks']}"
+        )
+        print(f"end_to_end_clips_per_s_per_core = {first['end_to_end']['clips_per_cpu_s']:.1f}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)

@@ -267,18 +267,31 @@ class _Helper:
     """One daemon thread that runs decode jobs in order."""
 
     def __init__(self) -> None:
-        self.jobs: queue.SimpleQueue[_Job] = queue.SimpleQueue()
+        self.jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self.pid = os.getpid()
         self.thread = threading.Thread(target=self._loop, name="salt-decode", daemon=True)
         self.thread.start()
 
+    def retire(self) -> None:
+        """The thread ends once its current job returns (None is its stop signal)."""
+        self.jobs.put(None)
+
     def _loop(self) -> None:
-        while True:
-            self.jobs.get().run()
+        while (job := self.jobs.get()) is not None:
+            job.run()
 
 
 _helper: _Helper | None = None
 _stuck: list[_Helper] = []
+
+
+def busy_helpers() -> int:
+    """Abandoned decode threads of this process that are still inside a decoder call.
+
+    Forking while one runs copies a process whose decoder state (FFmpeg/decord mutexes) another
+    thread holds: ``salt.data.loader`` starts workers without fork then.
+    """
+    return sum(h.thread.is_alive() for h in _stuck if h.pid == os.getpid())
 
 
 def _call_with_timeout(fn: Callable[[Callable[[Chooser], Chooser]], Any], timeout: float) -> Any:
@@ -290,6 +303,7 @@ def _call_with_timeout(fn: Callable[[Callable[[Chooser], Chooser]], Any], timeou
     _helper.jobs.put(job)
     if not job.done.wait(timeout):
         job.abandoned = True
+        _helper.retire()
         _stuck.append(_helper)
         _helper = None
         _stuck[:] = [h for h in _stuck if h.thread.is_alive()]

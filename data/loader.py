@@ -9,6 +9,9 @@ Three things a plain ``torch.utils.data.DataLoader`` does not do for us:
   ``UsageError`` as one line. The iterator here turns the marker back into that ``UsageError``.
 * Skips a worker counts after its last batch travel in a counts-only batch, folded into a real
   batch here (``lookahead``), so evaluation totals are exact.
+* Workers are forked, except while a decode abandoned in this process (``salt.data.decode``)
+  still runs: forking then would copy decoder locks held mid-call, so those workers come from a
+  forkserver.
 * ``timeout``: a worker that returns no batch within it (dead, or stuck in a C call) becomes a
   ``RuntimeError`` naming the loader, the rank, the epoch and how many batches had arrived, not a
   silent hang. Per-sample decode hangs are handled earlier, in the worker (``salt.data.decode``).
@@ -24,6 +27,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
+from salt.data.decode import busy_helpers
 from salt.errors import UsageError
 
 ERROR_KEY = "__usage_error__"
@@ -140,6 +144,10 @@ class SaltDataLoader(DataLoader):
     def __iter__(self) -> _CheckedIter:  # type: ignore[override]
         if self.on_iter is not None:
             self.on_iter()
+        if self.num_workers > 0 and self.multiprocessing_context is None and busy_helpers():
+            # a decode abandoned in this process is still running: a forked worker would inherit
+            # the decoder's locks mid-call and could deadlock; forkserver children start clean
+            self.multiprocessing_context = "forkserver"
         return _CheckedIter(self, super().__iter__())
 
 

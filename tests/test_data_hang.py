@@ -12,7 +12,7 @@ import pytest
 from helpers_video import index_frames, video_sample, write_tar
 
 from salt.data import eval_loader
-from salt.data.decode import HAVE_DECORD, decode_clip
+from salt.data.decode import HAVE_DECORD, busy_helpers, decode_clip
 from salt.data.encode import encode_video
 from salt.data.stats import SkipSample, sum_counts
 
@@ -75,6 +75,12 @@ def test_decord_is_never_asked_past_the_true_count(overreported: bytes) -> None:
     assert seen == [45]
 
 
+def wait_for_abandoned_decodes(limit: float = 60.0) -> None:
+    deadline = time.time() + limit
+    while busy_helpers() and time.time() < deadline:
+        time.sleep(0.05)
+
+
 def index_video_bytes() -> bytes:
     return encode_video(index_frames(20), crf=18, preset="ultrafast")
 
@@ -109,14 +115,13 @@ def test_a_decode_past_its_limit_is_a_skip_and_the_next_call_works(
     # a fresh helper serves the next call while the abandoned one may still be decoding
     clip = decode_clip(index_video_bytes(), lambda n, fps: [3, 1], backend=backend, timeout=30)
     assert levels(clip.frames) == [3, 1]
-    deadline = time.time() + 30  # the abandoned decode ends on its own and its thread with it
-    while threading.active_count() > alive_before + 1 and time.time() < deadline:
-        time.sleep(0.05)
-    assert threading.active_count() <= alive_before + 1
+    wait_for_abandoned_decodes()  # the abandoned decode ends on its own and its thread with it
+    assert busy_helpers() == 0 and threading.active_count() <= alive_before + 1
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_stream_counts_decode_timeouts_in_workers(slow_video, tmp_path, num_workers) -> None:
+    wait_for_abandoned_decodes()  # of earlier tests (else the workers come from a forkserver)
     small = index_video_bytes()
     spec = write_tar(
         tmp_path / "slow.tar",
@@ -140,3 +145,18 @@ def test_a_stuck_worker_is_an_error_naming_the_loader(slow_video, tmp_path) -> N
     )  # the worker spends seconds on a batch: longer than the loader waits
     with pytest.raises(RuntimeError, match=r"eval loader over .*stuck.tar.*within 0.5 s after 0"):
         list(loader)
+
+
+@pytest.mark.slow  # forkserver workers import torch afresh: ~20 s on a loaded 2-core box
+def test_workers_are_not_forked_while_an_abandoned_decode_runs(slow_video, tmp_path) -> None:
+    spec = write_tar(
+        tmp_path / "ok.tar", [video_sample(f"k{i}", index_video_bytes()) for i in range(4)]
+    )
+    with pytest.raises(SkipSample):  # leaves a helper thread inside the decoder for a while
+        decode_clip(slow_video, lambda n, fps: list(range(n)), timeout=0.05)
+    assert busy_helpers() >= 1
+    loader = eval_loader(spec, **CLIP, num_workers=2)
+    keys = [k for batch in loader for k in batch["key"]]
+    assert sorted(keys) == ["k0", "k1", "k2", "k3"]
+    assert loader.multiprocessing_context is not None  # forkserver: children start clean
+    assert loader.multiprocessing_context.get_start_method() == "forkserver"

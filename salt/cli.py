@@ -5,16 +5,18 @@
 the DataModule is always ``salt.data.VideoDataModule``). ``data.frames_per_clip`` and
 ``data.crop_size`` are linked to the model's ``num_frames`` / ``img_size``. Extra run options:
 ``--experiment``, ``--run_name``, ``--tracking_uri`` (alias ``--tracking-uri``), ``--tracking``,
-``--checkpoint_every``.
+``--checkpoint_every``, ``--checkpoint_minutes``, ``--keep_checkpoints``, ``--hang_timeout``.
 
 A run lives in ``<trainer.default_root_dir>/<experiment>/<run_name>/``: ``config.yaml`` (the
 resolved config, rewritten on resume), ``checkpoints/`` (``step=NNNNNNN.ckpt`` every
-``checkpoint_every`` optimizer steps and ``last.ckpt``, written atomically) and ``run.json`` (the
-MLflow run id, reused on resume). ``--ckpt_path <run>/checkpoints/last.ckpt`` without
-``--run_name`` resumes into that checkpoint's run folder and MLflow run (``--ckpt_path auto``:
-``salt.resume``). A run folder that already holds checkpoints is never trained into afresh: that
-is an error unless ``--ckpt_path`` resumes it. Default run names are ``<stage>-<Slurm job id>``
-(stable across requeues and identical on every rank), else ``<stage>-<timestamp>``.
+``checkpoint_every`` optimizer steps and/or ``checkpoint_minutes``, ``last.ckpt`` a link to the
+newest; ``salt.checkpoint_policy``) and ``run.json`` (the MLflow run id, reused on resume).
+``--ckpt_path <run>/checkpoints/last.ckpt`` without ``--run_name`` resumes into that checkpoint's
+run folder and MLflow run. Which checkpoint a start resumes is ``salt.resume.decide_ckpt_path``: a
+restart resumes the run's newest checkpoint, and a first start into a folder that already holds
+checkpoints is a usage error unless ``--ckpt_path`` (``auto`` or one of them) asks to continue it.
+Default run names are ``<stage>-<Slurm job id>`` (stable across requeues and identical on every
+rank), else ``<stage>-<timestamp>``.
 
 ``salt export CKPT OUT.safetensors`` writes the encoder of a checkpoint (``salt.encoder_io``).
 ``salt demo …`` hands over to ``salt.demo.main(argv)``.
@@ -31,12 +33,12 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from pytorch_lightning.loggers import Logger
 
 from salt.checkpointing import AtomicCheckpointIO
 from salt.data import VideoDataModule
+from salt.errors import UsageError
 from salt.module_base import SaltModule
 
 USAGE = """usage: salt {fit,export,demo} ...
@@ -47,16 +49,6 @@ USAGE = """usage: salt {fit,export,demo} ...
   salt demo [...]                       tiny end-to-end run on synthetic video (CPU)
 
 `salt fit --help` lists every option."""
-
-
-class LastCheckpoint(ModelCheckpoint):
-    """``ModelCheckpoint`` that also writes ``last.ckpt`` when training ends between two periodic
-    saves (Lightning only does so if nothing was saved at all)."""
-
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.save_last and self._last_global_step_saved != trainer.global_step:
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
-        super().on_train_end(trainer, pl_module)
 
 
 class RunConfigSaver(SaveConfigCallback):
@@ -147,16 +139,19 @@ class SaltCLI(LightningCLI):
             default=1000,
             help="optimizer steps between periodic checkpoints",
         )
+        from salt.resume import add_run_arguments
+
+        add_run_arguments(parser)  # checkpoint minutes / retention, hang timeout
         parser.link_arguments("data.frames_per_clip", "model.init_args.num_frames")
         parser.link_arguments("data.crop_size", "model.init_args.img_size")
 
     # ----------------------------------------------------------------- run folder
     def run_options(self) -> dict[str, Any]:
         cfg = self.config[self.subcommand] if self.subcommand else self.config
-        return {
-            k: cfg[k]
-            for k in ("experiment", "run_name", "tracking_uri", "tracking", "checkpoint_every")
-        }
+        from salt.resume import RUN_OPTIONS
+
+        keys = ("experiment", "run_name", "tracking_uri", "tracking", "checkpoint_every")
+        return {k: cfg[k] for k in keys + RUN_OPTIONS}
 
     def run_dir(self) -> Path:
         """This run's folder (hook point for resume logic; see ``resolve_run_dir``)."""
@@ -207,14 +202,17 @@ class SaltCLI(LightningCLI):
         return [logger], [TrackingCallback(run_dir, checkpoint_dir, opts["experiment"], uri)]
 
     def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
+        from salt.resume import decide_ckpt_path, run_callbacks  # resume, requeue, hang limits
+
         run_dir = self.run_dir()
         checkpoint_dir = run_dir / "checkpoints"
-        resuming = bool(self.config[self.subcommand].get("ckpt_path")) if self.subcommand else False
-        if not resuming and any(checkpoint_dir.glob("*.ckpt")):
-            raise FileExistsError(
-                f"run folder {run_dir} already holds checkpoints of another run; resume it with "
-                "--ckpt_path, or pick a new --run_name / --trainer.default_root_dir"
+        ckpt_path = None
+        if self.subcommand:  # a restart resumes the newest; never a foreign run folder afresh
+            ckpt_path = decide_ckpt_path(
+                self.config[self.subcommand].get("ckpt_path"), checkpoint_dir
             )
+            self.config_init[self.subcommand]["ckpt_path"] = ckpt_path
+        resuming = ckpt_path is not None
         self.save_config_kwargs["run_dir"] = str(run_dir)
         loggers, callbacks = self.build_loggers(run_dir, checkpoint_dir, resuming)
         trainer_cfg = self._get(self.config_init, "trainer")
@@ -223,28 +221,7 @@ class SaltCLI(LightningCLI):
             loggers.append(configured)
         elif isinstance(configured, list):
             loggers.extend(lg for lg in configured if isinstance(lg, Logger))
-        callbacks.append(
-            LastCheckpoint(
-                dirpath=checkpoint_dir,
-                filename="{step:07d}",
-                every_n_train_steps=self.run_options()["checkpoint_every"],
-                save_top_k=-1,
-                save_last=True,
-                save_on_train_epoch_end=False,
-                # A resumed run re-creating step N replaces the abandoned attempt's step N (and
-                # last.ckpt stays last.ckpt) instead of writing "-v1" copies.
-                enable_version_counter=False,
-            )
-        )
-        # salt.resume (cluster room): `--ckpt_path auto` = newest checkpoint of this run folder
-        # (none: fresh start); SlurmRequeue owns checkpoint+requeue on SIGUSR1 under srun.
-        from salt.resume import SlurmRequeue, resolve_ckpt_path
-
-        if self.subcommand and self.config_init[self.subcommand].get("ckpt_path") == "auto":
-            self.config_init[self.subcommand]["ckpt_path"] = resolve_ckpt_path(
-                "auto", checkpoint_dir
-            )
-        callbacks.append(SlurmRequeue())
+        callbacks += run_callbacks(checkpoint_dir, self.run_options(), ckpt_path)
         trainer_cfg["callbacks"] = list(trainer_cfg.get("callbacks") or []) + callbacks
         plugins = trainer_cfg.get("plugins")
         plugins = (
@@ -253,7 +230,11 @@ class SaltCLI(LightningCLI):
         kwargs.setdefault("plugins", [*plugins, AtomicCheckpointIO()])
         kwargs.setdefault("logger", loggers or False)
         self.run_path = run_dir
-        return super().instantiate_trainer(**kwargs)
+        trainer = super().instantiate_trainer(**kwargs)
+        from salt.watchdog import set_collective_timeout
+
+        set_collective_timeout(trainer.strategy, self.run_options()["hang_timeout"])
+        return trainer
 
 
 def fit(argv: list[str]) -> SaltCLI:
@@ -286,12 +267,16 @@ def main(argv: list[str] | None = None) -> Any:
         print(USAGE)
         return None
     command, rest = argv[0], argv[1:]
-    if command == "fit":
-        fit(rest)
-        return None
-    if command == "export":
-        export(rest)
-        return None
+    try:
+        if command == "fit":
+            fit(rest)
+            return None
+        if command == "export":
+            export(rest)
+            return None
+    except UsageError as err:
+        print(f"salt {command}: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
     if command == "demo":
         from salt.demo import main as demo_main  # written by the demo room; imported lazily
 

@@ -24,8 +24,8 @@ import torch
 from train_helpers import shards  # noqa: F401
 
 from salt.cli import SaltCLI
+from salt.requeue import SlurmRequeue
 from salt.resume import (
-    SlurmRequeue,
     checkpoint_step,
     find_latest_checkpoint,
     in_slurm_task,

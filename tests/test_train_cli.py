@@ -99,14 +99,15 @@ def test_teacher_then_student(teacher_run: Path, shards: str) -> None:  # noqa: 
     assert runs["student"].data.params["model.init_args.teacher"] == str(last)
 
 
-def test_refuses_to_overwrite_a_run(teacher_run: Path, shards: str) -> None:  # noqa: F811
+def test_refuses_to_overwrite_a_run(teacher_run: Path, shards: str, capsys) -> None:  # noqa: F811
     ckpts = teacher_run / "cli" / "teacher" / "checkpoints"
     before = {p.name: p.stat().st_mtime_ns for p in ckpts.iterdir()}
-    with pytest.raises(
-        FileExistsError,
-        match="already holds checkpoints of another run; resume it with --ckpt_path",
-    ):
+    with pytest.raises(SystemExit) as exit_info:
         main(fit_args("teacher", teacher_run, shards))
+    assert exit_info.value.code == 2  # a usage error: one line, never retried by train.sbatch
+    err = capsys.readouterr().err
+    assert "already holds checkpoints" in err and "--ckpt_path auto" in err, err
+    assert "Traceback" not in err
     assert {p.name: p.stat().st_mtime_ns for p in ckpts.iterdir()} == before
 
 

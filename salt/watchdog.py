@@ -123,7 +123,7 @@ class HangWatchdog(Callback):
         return (
             f"[salt.watchdog] {self._who} ({socket.gethostname()}, pid {os.getpid()}): no progress "
             f"for {elapsed:.0f} s in phase '{self.current}' at step {self._step} "
-            f"(limit {self.limit():.0f} s = hang_timeout {self.timeout_s:g} s"
+            f"(limit {self.limit():g} s = hang_timeout {self.timeout_s:g} s"
             f"{f' x startup {self.startup_factor:g}' if self._steps_done == 0 else ''}); "
             f"ending this process with exit code {HANG_EXIT_CODE} (stacks follow)"
         )

@@ -276,6 +276,9 @@ def main(argv: list[str] | None = None) -> Any:
             return None
     except UsageError as err:
         print(f"salt {command}: error: {err}", file=sys.stderr)
+        from salt.requeue import mark_job_state
+
+        mark_job_state("usage-error", str(err))  # so train.sbatch does not retry it
         raise SystemExit(2) from None
     if command == "demo":
         from salt.demo import main as demo_main  # written by the demo room; imported lazily

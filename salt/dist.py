@@ -31,6 +31,21 @@ def set_group_timeout(timeout: timedelta | None) -> None:
     _TIMEOUT = timeout
 
 
+def shorten_timeouts(timeout: timedelta) -> None:
+    """Set ``timeout`` on the default group and the gloo group made here, from now on (a local
+    call on each rank, not a collective; torch ≥ 2.10 ``set_timeout`` or its older name)."""
+    import torch.distributed as dist
+    from torch.distributed import distributed_c10d as c10d
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    set_timeout = getattr(c10d, "set_timeout", None) or c10d._set_pg_timeout
+    set_timeout(timeout, None)
+    for group in _CPU_GROUPS.values():
+        if group is not None:
+            set_timeout(timeout, group)
+
+
 def is_distributed() -> bool:
     """torch.distributed is initialised with more than one rank."""
     import torch.distributed as dist

@@ -64,6 +64,19 @@ def job_state_file(name: str, env: dict[str, str] | None = None) -> Path | None:
     return Path(folder) / name if folder else None
 
 
+def mark_job_state(kind: str, text: str) -> None:
+    """Record ``<kind>-<restart>`` for ``train.sbatch`` (e.g. a usage error, which it must not
+    retry: srun's own exit code is that of whichever task it killed, not the rank's 2)."""
+    path = job_state_file(f"{kind}-{restart_count()}")
+    if path is None:
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text.strip() + "\n")
+    except OSError as err:  # best effort: the job log has the message either way
+        log.warning("cannot write %s: %s", path, err)
+
+
 def scontrol_requeue(job: str, tries: int = SCONTROL_TRIES, wait_s: float = 2.0) -> str | None:
     """`scontrol requeue JOB`, retried with backoff; None on success, else the last error."""
     error = None

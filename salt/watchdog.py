@@ -15,11 +15,13 @@ Two limits come from one run option, ``salt fit --hang_timeout SECONDS`` (defaul
   in its forward (a decoder spinning in C code, a dead file system) and the others wait for it in
   the gradient all-reduce, the stuck rank entered its phase first, so it reports first: its line
   names the culprit, the others' (if srun has not ended them yet) name the collective.
-- the process-group (NCCL / gloo) timeout, set to ``COLLECTIVE_FACTOR × hang_timeout`` on the
-  strategy before it initialises the group (``set_collective_timeout``). It is the backstop for
-  hangs the host thread does not see where they are (a CUDA stream stuck in NCCL while the host
-  has run ahead): torch's NCCL watchdog then aborts with the collective's name. It is longer than
-  the watchdog's limit so that, where both would fire, the per-rank phase report comes first.
+- the process-group (NCCL / gloo) timeout, ``COLLECTIVE_FACTOR × hang_timeout`` (×
+  ``startup_factor`` until the first optimizer step has finished, then shortened on every rank:
+  the rendezvous and the first step wait for the slowest rank to start, e.g. rank 0 opening the
+  MLflow store). ``set_collective_timeout`` sets it on the strategy before the group exists. It is
+  the backstop for hangs the host thread does not see where they are (a CUDA stream stuck in NCCL
+  while the host has run ahead): torch's NCCL watchdog then aborts with the collective's name. It
+  is longer than the watchdog's limit so that, where both would fire, the phase report comes first.
 
 Where the GPU runs behind the host, "phase" is where the *host* waits (e.g. the logging step's
 read of the loss), which is where a hang shows. A C call that never releases the GIL cannot be
@@ -66,18 +68,29 @@ def phase(name: str) -> Iterator[None]:
             mark(before)
 
 
-def set_collective_timeout(strategy: Any, hang_timeout: float) -> timedelta | None:
-    """Set the strategy's process-group timeout to ``COLLECTIVE_FACTOR × hang_timeout`` before it
-    creates the group (Lightning's DDP / FSDP / ModelParallel strategies keep it in ``_timeout``).
-    Returns the timeout set, or None (off, or a strategy without a process group)."""
+STARTUP_FACTOR = 3.0  # limits before the first optimizer step = this × the steady ones
+_STEADY: timedelta | None = None  # the process-group timeout after the first step
+
+
+def set_collective_timeout(
+    strategy: Any, hang_timeout: float, startup_factor: float = STARTUP_FACTOR
+) -> timedelta | None:
+    """Set the strategy's process-group timeout (Lightning's DDP / FSDP / ModelParallel keep it in
+    ``_timeout``) before it creates the group: ``startup_factor × COLLECTIVE_FACTOR ×
+    hang_timeout`` for the rendezvous and the first step, ``COLLECTIVE_FACTOR × hang_timeout``
+    after it (``HangWatchdog`` shortens it). Returns the steady timeout, or None (off, or a
+    strategy without a process group)."""
+    global _STEADY
     from salt.dist import set_group_timeout
 
+    _STEADY = None
     if hang_timeout <= 0 or not hasattr(strategy, "_timeout"):
         return None
-    timeout = timedelta(seconds=COLLECTIVE_FACTOR * hang_timeout)
-    strategy._timeout = timeout
-    set_group_timeout(timeout)  # the gloo group of host-side votes gets the same
-    return timeout
+    _STEADY = timedelta(seconds=COLLECTIVE_FACTOR * hang_timeout)
+    startup = _STEADY * max(1.0, startup_factor)
+    strategy._timeout = startup
+    set_group_timeout(startup)  # the gloo group of host-side votes gets the same
+    return _STEADY
 
 
 class HangWatchdog(Callback):
@@ -93,7 +106,7 @@ class HangWatchdog(Callback):
     def __init__(
         self,
         timeout_s: float = 600.0,
-        startup_factor: float = 3.0,
+        startup_factor: float = STARTUP_FACTOR,
         poll_s: float | None = None,
         on_hang: Callable[[str], None] | None = None,
     ) -> None:
@@ -185,6 +198,10 @@ class HangWatchdog(Callback):
     def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
         if trainer.global_step != self._step:  # an optimizer step finished (not mid-accumulation)
             self._steps_done += 1
+            if self._steps_done == 1 and _STEADY is not None:
+                from salt.dist import shorten_timeouts
+
+                shorten_timeouts(_STEADY)  # every rank, after the same step
         self._step = trainer.global_step
         self.enter("batch-end callbacks (requeue vote, checkpoints, probes, logging)")
 

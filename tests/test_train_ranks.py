@@ -210,9 +210,17 @@ def worker_hang(out: Path, train_shards: str) -> None:
     from salt.watchdog import HangWatchdog, set_collective_timeout
 
     class ReportTimeout(pl.Callback):
-        def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        def _report(self, when: str) -> None:
             backend = dist.group.WORLD._get_backend(torch.device("cpu"))
-            print(f"[test] gloo timeout {backend.options._timeout.total_seconds():g} s", flush=True)
+            seconds = backend.options._timeout.total_seconds()
+            print(f"[test] gloo timeout {when} {seconds:g} s", flush=True)
+
+        def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+            self._report("at start")
+
+        def on_train_batch_start(self, trainer: pl.Trainer, *args: Any) -> None:
+            if trainer.global_step == 2:
+                self._report("at step 2")
 
     model = TeacherModule(**module_kwargs("teacher"))
     callbacks = [
@@ -275,7 +283,9 @@ def test_hanging_rank_ends_both_ranks_with_a_report(tmp_path: Path, shards: str)
     took = time.monotonic() - t0
     from salt.watchdog import HANG_EXIT_CODE
 
-    assert f"[test] gloo timeout {2 * HANG_TIMEOUT:g} s" in out0  # hang_timeout sets the PG's
+    # hang_timeout sets the process group's: 3x until the first step has finished, then 2x
+    assert f"[test] gloo timeout at start {6 * HANG_TIMEOUT:g} s" in out0
+    assert f"[test] gloo timeout at step 2 {2 * HANG_TIMEOUT:g} s" in out0
     assert rc1 == HANG_EXIT_CODE, out1[-4000:]
     assert (
         "[salt.watchdog] rank 1/2" in out1 and "phase 'forward (training_step)' at step 2" in out1

@@ -76,9 +76,10 @@ def test_collective_timeout_follows_hang_timeout() -> None:
     from pytorch_lightning.strategies import DDPStrategy, SingleDeviceStrategy
 
     ddp = DDPStrategy()
-    assert set_collective_timeout(ddp, 300) == timedelta(seconds=600)
-    assert ddp._timeout == timedelta(seconds=600)  # what Lightning passes to init_process_group
-    assert set_collective_timeout(ddp, 0) is None and ddp._timeout == timedelta(seconds=600)
+    assert set_collective_timeout(ddp, 300) == timedelta(seconds=600)  # after the first step
+    # what Lightning passes to init_process_group: the rendezvous and first step get 3x
+    assert ddp._timeout == timedelta(seconds=1800)
+    assert set_collective_timeout(ddp, 0) is None and ddp._timeout == timedelta(seconds=1800)
     assert set_collective_timeout(SingleDeviceStrategy("cpu"), 300) is None
 
 

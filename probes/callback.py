@@ -9,9 +9,18 @@ the trainer's loggers at the same step as `train/loss`.
 Add it to a run with `--trainer.callbacks+=salt.probes.callback.LiveProbe
 --trainer.callbacks.train_shards=... --trainer.callbacks.num_classes=...` (or in the YAML).
 
-The probe never changes training: it runs on global rank 0 only, restores the encoder's train/eval
-mode, and forks the RNG so the training stream (masks, dropout, data order) is the same as
-without it. The labelled clips are decoded once and kept in memory (uint8), so keep the set small.
+The probe never changes training: it restores the encoder's train/eval mode and forks the RNG so
+the training stream (masks, dropout, data order) is the same as without it. The labelled clips
+are decoded once and kept in memory (uint8), so keep the set small.
+
+Which ranks run it: under DDP (or one process) rank 0 alone encodes the clips and fits the head;
+the encoder is a plain module there. Under FSDP the encoder's weights are sharded and every
+forward all-gathers them, a collective every rank must join, so *every* rank loads the same clips
+and runs the same encoder forwards in lock-step (the other ranks drop the features: their
+forwards cost no extra wall time, they would otherwise wait for rank 0 in the next step's
+collective); rank 0 alone fits the head and logs. Then all ranks meet at one barrier, so the
+head's training time is spent by everyone in one known phase (``salt.watchdog``: "live probe")
+rather than inside the next step's gradient collective.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
+from salt import watchdog
 from salt.probes.features import encode_clips
 from salt.probes.grid import HeadSpec, ProbeGrid
 from salt.probes.optim import lr_factor
@@ -94,6 +104,7 @@ class LiveProbe(pl.Callback):
         self.history: list[tuple[int, float]] = []  # (step, top-1) of every probe run
         self._data: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
         self._last_step = -1
+        self._all_ranks = False  # FSDP: every rank joins the encoder forwards (setup)
 
     # ------------------------------------------------------------------ data, once
     def _load(
@@ -123,8 +134,18 @@ class LiveProbe(pl.Callback):
         return video[: self.max_samples], label[: self.max_samples]
 
     # ------------------------------------------------------------------ hooks
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        from pytorch_lightning.strategies import FSDPStrategy, ModelParallelStrategy
+
+        self._all_ranks = trainer.world_size > 1 and isinstance(
+            trainer.strategy, (ModelParallelStrategy, FSDPStrategy)
+        )
+
+    def _runs_here(self, trainer: pl.Trainer) -> bool:
+        return self._all_ranks or trainer.is_global_zero
+
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.at_start and trainer.is_global_zero:
+        if self.at_start and self._runs_here(trainer):
             self._probe(trainer, pl_module)
 
     def on_train_batch_end(
@@ -139,22 +160,34 @@ class LiveProbe(pl.Callback):
         # global_step repeats across gradient-accumulation micro-batches: probe once per step
         if step > 0 and step % self.every_n_steps == 0 and step != self._last_step:
             self._last_step = step
-            if trainer.is_global_zero:
+            if self._runs_here(trainer):
                 self._probe(trainer, pl_module)
 
     # ------------------------------------------------------------------ the probe
     @torch.no_grad()
     def _features(
-        self, encoder: torch.nn.Module, video: torch.Tensor, pl_module: pl.LightningModule
+        self,
+        encoder: torch.nn.Module,
+        video: torch.Tensor,
+        pl_module: pl.LightningModule,
+        keep: bool = True,
     ) -> torch.Tensor:
         mean, std = pl_module.mean, pl_module.std  # the module's input normalisation
-        out = [
-            encode_clips(encoder, v.to(pl_module.device), mean=mean, std=std).float()
-            for v in video.split(self.batch_size)
-        ]
-        return torch.cat(out)  # [M, 1, N, D]
+        out = []
+        for v in video.split(self.batch_size):  # the same batches on every rank (FSDP)
+            feats = encode_clips(encoder, v.to(pl_module.device), mean=mean, std=std)
+            if keep:
+                out.append(feats.float())
+        return torch.cat(out) if keep else torch.empty(0)  # [M, 1, N, D] on rank 0
 
-    def _probe(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> float:
+    def _probe(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> float | None:
+        with watchdog.phase("live probe"):
+            top1 = self._probe_ranks(trainer, pl_module)
+            if self._all_ranks:
+                trainer.strategy.barrier("salt.live_probe")  # rank 0 fitted the head meanwhile
+        return top1
+
+    def _probe_ranks(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> float | None:
         t0 = time.perf_counter()
         if self._data is None:
             self._data = {"train": self._load(self.train_shards, pl_module)}
@@ -168,6 +201,9 @@ class LiveProbe(pl.Callback):
         try:
             with torch.random.fork_rng(devices=devices):
                 torch.manual_seed(self.seed)
+                if not trainer.is_global_zero:  # FSDP: join the forwards, no head
+                    self._join_forwards(encoder, pl_module)
+                    return None
                 top1 = self._fit_and_score(encoder, pl_module, device)
         finally:
             encoder.train(was_training)
@@ -176,6 +212,12 @@ class LiveProbe(pl.Callback):
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
         return top1
+
+    def _join_forwards(self, encoder: torch.nn.Module, pl_module: pl.LightningModule) -> None:
+        """The encoder forwards rank 0 runs, in the same order (FSDP all-gathers inside)."""
+        self._features(encoder, self._data["train"][0], pl_module, keep=False)
+        if "val" in self._data:
+            self._features(encoder, self._data["val"][0], pl_module, keep=False)
 
     def _fit_and_score(
         self, encoder: torch.nn.Module, pl_module: pl.LightningModule, device: torch.device

@@ -1,10 +1,18 @@
-"""Atomic checkpoint writes: a kill or error during a save never damages the previous checkpoint.
+"""Checkpoint files: atomic writes, trusted-format reads, and the periodic-checkpoint policy.
 
-Every file goes to a temporary name in the *same* directory, is flushed and fsync'ed, and only then
-``os.replace``d over the target (atomic on POSIX filesystems), after which the directory entry is
-fsync'ed too. Lightning's own ``TorchCheckpointIO`` truncates the target in place, so a preemption
-mid-write leaves a corrupt ``last.ckpt``; ``AtomicCheckpointIO`` is the Trainer plugin that fixes
-that. ``atomic_path`` is the same guarantee for other writers (``salt export``'s safetensors).
+- Writes: every file goes to a temporary name in the *same* directory, is flushed and fsync'ed,
+  and only then ``os.replace``d over the target (atomic on POSIX filesystems), after which the
+  directory entry is fsync'ed too. Lightning's own ``TorchCheckpointIO`` truncates the target in
+  place, so a preemption mid-write leaves a corrupt ``last.ckpt``; ``AtomicCheckpointIO`` is the
+  Trainer plugin that fixes that. ``atomic_path`` is the same guarantee for other writers
+  (``salt export``'s safetensors).
+- Reads: salt never unpickles a file it did not just write with ``weights_only=False``.
+  ``load_checkpoint_file`` (and ``AtomicCheckpointIO.load_checkpoint``, which ``--ckpt_path``
+  resumes go through) use ``weights_only=True`` with ``SAFE_GLOBALS`` allowed. torch ≥ 2.10 is
+  required: ``weights_only=True`` could be bypassed to run code before 2.6 (CVE-2025-32434) and
+  could corrupt memory before 2.10 (CVE-2026-24747).
+- Policy (``SaltCheckpoint``, ``salt.checkpoint_policy``): periodic ``step=NNNNNNN.ckpt`` every N
+  optimizer steps and/or every M minutes, the newest K kept, ``last.ckpt`` a link to the newest.
 """
 
 from __future__ import annotations
@@ -17,6 +25,13 @@ from typing import Any
 
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+
+# Non-tensor, non-builtin types salt's own checkpoints may hold, allowed for weights_only loads.
+# Today every kind salt writes (stage 1/2 `.ckpt`, sharded `meta.pt`, requeue checkpoints) holds
+# only tensors and plain containers (tests/test_checkpoint_policy.py checks with
+# torch.serialization.get_unsafe_globals_in_checkpoint); a salt type that must be pickled into a
+# checkpoint is added here, never by switching a load to weights_only=False.
+SAFE_GLOBALS: list[Any] = []
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -68,11 +83,38 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
         torch.save(obj, f)
 
 
+def load_checkpoint_file(path: str | os.PathLike, **kwargs: Any) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU with ``SAFE_GLOBALS`` allowed."""
+    kwargs.setdefault("map_location", "cpu")
+    kwargs["weights_only"] = True
+    with torch.serialization.safe_globals(SAFE_GLOBALS):
+        return torch.load(path, **kwargs)
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Trainer plugin (``Trainer(plugins=[AtomicCheckpointIO()])``): local saves are atomic.
+    """Trainer plugin (``Trainer(plugins=[AtomicCheckpointIO()])``): local saves are atomic,
+    loads are ``weights_only=True`` unless the caller explicitly asks otherwise.
 
     Remote URLs (``s3://`` etc.) fall back to Lightning's writer, which has no rename to rely on.
+    ``redirect`` (set by ``salt.resume.ResumeAgreement``) maps a rank's own choice of checkpoint to
+    the one rank 0 chose, so every rank restores the same step.
     """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.redirect: dict[str, str] = {}
+
+    def load_checkpoint(
+        self,
+        path: str | os.PathLike,
+        map_location: Any = lambda storage, loc: storage,
+        weights_only: bool | None = None,
+    ) -> dict[str, Any]:
+        path = self.redirect.get(str(path), path)
+        if weights_only is False:  # an explicit request by the caller (never made by salt)
+            return super().load_checkpoint(path, map_location=map_location, weights_only=False)
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            return super().load_checkpoint(path, map_location=map_location, weights_only=True)
 
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any = None

@@ -123,8 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     return result if isinstance(result, int) else 0
 
 
-_MOVED = ("SaltCLI", "fit", "LastCheckpoint", "RunConfigSaver", "default_run_name",
-          "resolve_run_dir", "RunExistsError")  # fmt: skip
+_MOVED = ("SaltCLI", "fit", "RunConfigSaver", "default_run_name", "resolve_run_dir")
 
 
 def __getattr__(name: str) -> Any:

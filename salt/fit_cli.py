@@ -5,16 +5,19 @@
 the DataModule is always ``salt.data.VideoDataModule``). ``data.frames_per_clip`` and
 ``data.crop_size`` are linked to the model's ``num_frames`` / ``img_size``. Extra run options:
 ``--experiment``, ``--run_name``, ``--tracking_uri`` (alias ``--tracking-uri``), ``--tracking``,
-``--system_metrics``, ``--checkpoint_every``, ``--progress_every``.
+``--system_metrics``, ``--checkpoint_every``, ``--progress_every``, ``--checkpoint_minutes``,
+``--keep_checkpoints``, ``--hang_timeout``.
 
 A run lives in ``<trainer.default_root_dir>/<experiment>/<run_name>/``: ``config.yaml`` (the
 resolved config, rewritten on resume, tracking URI redacted), ``checkpoints/``
-(``step=NNNNNNN.ckpt`` every ``checkpoint_every`` optimizer steps and ``last.ckpt``, written
-atomically) and ``run.json`` (the MLflow run id, reused on resume). ``--ckpt_path
-<run>/checkpoints/last.ckpt`` without ``--run_name`` resumes into that checkpoint's run folder and
-MLflow run (``--ckpt_path auto``: ``salt.resume``). A run folder that already holds checkpoints is
-never trained into afresh: that is an error unless ``--ckpt_path`` resumes it. Default run names
-are ``<stage>-<Slurm job id>`` (stable across requeues and identical on every rank), else
+(``step=NNNNNNN.ckpt`` every ``checkpoint_every`` optimizer steps and/or ``checkpoint_minutes``,
+written atomically, ``last.ckpt`` a link to the newest; ``salt.checkpoint_policy``) and
+``run.json`` (the MLflow run id, reused on resume). ``--ckpt_path <run>/checkpoints/last.ckpt``
+without ``--run_name`` resumes into that checkpoint's run folder and MLflow run. Which checkpoint
+a start resumes is ``salt.resume.decide_ckpt_path``: a restart resumes the run's newest
+checkpoint, and a first start into a folder that already holds checkpoints is a usage error
+unless ``--ckpt_path`` (``auto`` or one of them) asks to continue it. Default run names are
+``<stage>-<Slurm job id>`` (stable across requeues and identical on every rank), else
 ``<stage>-<timestamp>``.
 
 Output: with a terminal, Lightning's progress bar; without one (a batch job's log), or with
@@ -37,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-from pytorch_lightning.callbacks import ModelCheckpoint, ProgressBar
+from pytorch_lightning.callbacks import ProgressBar
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from pytorch_lightning.loggers import Logger
 
@@ -45,20 +48,6 @@ from salt.checkpointing import AtomicCheckpointIO
 from salt.data import VideoDataModule
 from salt.errors import MissingInputError, UsageError
 from salt.module_base import SaltModule
-
-
-class RunExistsError(UsageError, FileExistsError):
-    """The run folder already holds checkpoints of another run."""
-
-
-class LastCheckpoint(ModelCheckpoint):
-    """``ModelCheckpoint`` that also writes ``last.ckpt`` when training ends between two periodic
-    saves (Lightning only does so if nothing was saved at all)."""
-
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.save_last and self._last_global_step_saved != trainer.global_step:
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
-        super().on_train_end(trainer, pl_module)
 
 
 class RunConfigSaver(SaveConfigCallback):
@@ -204,6 +193,9 @@ class SaltCLI(LightningCLI):
             default=0,
             help="steps between plain progress lines when the bar is off (0: log_every_n_steps)",
         )
+        from salt.resume import add_run_arguments
+
+        add_run_arguments(parser)  # checkpoint minutes / retention, hang timeout
         parser.link_arguments("data.frames_per_clip", "model.init_args.num_frames")
         parser.link_arguments("data.crop_size", "model.init_args.img_size")
 
@@ -225,9 +217,11 @@ class SaltCLI(LightningCLI):
     # ----------------------------------------------------------------- run folder
     def run_options(self) -> dict[str, Any]:
         cfg = self.config[self.subcommand] if self.subcommand else self.config
+        from salt.resume import RUN_OPTIONS
+
         keys = ("experiment", "run_name", "tracking_uri", "tracking", "checkpoint_every",
                 "system_metrics", "progress_every")  # fmt: skip
-        return {k: cfg.get(k) for k in keys}
+        return {k: cfg.get(k) for k in keys + RUN_OPTIONS}
 
     def run_dir(self) -> Path:
         """This run's folder (hook point for resume logic; see ``resolve_run_dir``)."""
@@ -304,14 +298,17 @@ class SaltCLI(LightningCLI):
         return out
 
     def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
+        from salt.resume import decide_ckpt_path, run_callbacks  # resume, requeue, hang limits
+
         run_dir = self.run_dir()
         checkpoint_dir = run_dir / "checkpoints"
-        resuming = bool(self.config[self.subcommand].get("ckpt_path")) if self.subcommand else False
-        if not resuming and any(checkpoint_dir.glob("*.ckpt")):
-            raise RunExistsError(
-                f"run folder {run_dir} already holds checkpoints of another run; resume it with "
-                "--ckpt_path, or pick a new --run_name / --trainer.default_root_dir"
+        ckpt_path = None
+        if self.subcommand:  # a restart resumes the newest; never a foreign run folder afresh
+            ckpt_path = decide_ckpt_path(
+                self.config[self.subcommand].get("ckpt_path"), checkpoint_dir
             )
+            self.config_init[self.subcommand]["ckpt_path"] = ckpt_path
+        resuming = ckpt_path is not None
         self.save_config_kwargs["run_dir"] = str(run_dir)
         loggers, callbacks = self.build_loggers(run_dir, checkpoint_dir, resuming)
         trainer_cfg = self._get(self.config_init, "trainer")
@@ -320,29 +317,8 @@ class SaltCLI(LightningCLI):
             loggers.append(configured)
         elif isinstance(configured, list):
             loggers.extend(lg for lg in configured if isinstance(lg, Logger))
-        callbacks.append(
-            LastCheckpoint(
-                dirpath=checkpoint_dir,
-                filename="{step:07d}",
-                every_n_train_steps=self.run_options()["checkpoint_every"],
-                save_top_k=-1,
-                save_last=True,
-                save_on_train_epoch_end=False,
-                # A resumed run re-creating step N replaces the abandoned attempt's step N (and
-                # last.ckpt stays last.ckpt) instead of writing "-v1" copies.
-                enable_version_counter=False,
-            )
-        )
         callbacks.extend(self.output_callbacks(trainer_cfg, checkpoint_dir))
-        # salt.resume: `--ckpt_path auto` = newest checkpoint of this run folder (none: fresh
-        # start); SlurmRequeue owns checkpoint+requeue on SIGUSR1 under srun.
-        from salt.resume import SlurmRequeue, resolve_ckpt_path
-
-        if self.subcommand and self.config_init[self.subcommand].get("ckpt_path") == "auto":
-            self.config_init[self.subcommand]["ckpt_path"] = resolve_ckpt_path(
-                "auto", checkpoint_dir
-            )
-        callbacks.append(SlurmRequeue())
+        callbacks += run_callbacks(checkpoint_dir, self.run_options(), ckpt_path)
         trainer_cfg["callbacks"] = list(trainer_cfg.get("callbacks") or []) + callbacks
         plugins = trainer_cfg.get("plugins")
         plugins = (
@@ -351,7 +327,11 @@ class SaltCLI(LightningCLI):
         kwargs.setdefault("plugins", [*plugins, AtomicCheckpointIO()])
         kwargs.setdefault("logger", loggers or False)
         self.run_path = run_dir
-        return super().instantiate_trainer(**kwargs)
+        trainer = super().instantiate_trainer(**kwargs)
+        from salt.watchdog import set_collective_timeout
+
+        set_collective_timeout(trainer.strategy, self.run_options()["hang_timeout"])
+        return trainer
 
 
 def _config_files(argv: list[str]) -> list[str]:
@@ -423,6 +403,14 @@ def usage_cause(exc: BaseException) -> UsageError | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``salt fit`` from the ``salt`` dispatcher (which answers plain ``--help`` from the cache)."""
-    fit(list(sys.argv[1:] if argv is None else argv))
+    """``salt fit`` from the ``salt`` dispatcher (which answers plain ``--help`` from the cache).
+    A usage error is also recorded for ``slurm/train.sbatch``, which must not retry it (srun's
+    exit code is that of whichever task it killed, not the rank's 2)."""
+    try:
+        fit(list(sys.argv[1:] if argv is None else argv))
+    except UsageError as err:
+        from salt.requeue import mark_job_state
+
+        mark_job_state("usage-error", str(err))
+        raise
     return 0

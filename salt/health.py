@@ -7,6 +7,8 @@
 - ``NonFiniteGuard``: counts consecutive optimizer steps skipped for a non-finite loss/gradient on
   the device (no host sync per step) and aborts with a clear message once ``max_consecutive`` in a
   row are seen. It is read on the host only when ``check()`` is called (at logging intervals).
+  Under DDP/FSDP every rank skips the same steps (``salt.module_base``), so every rank's guard
+  holds the same counts and aborts at the same step.
 """
 
 from __future__ import annotations
@@ -54,6 +56,17 @@ class NonFiniteGuard:
         self.streak: torch.Tensor | None = None  # current run of bad steps, 0-d int64
         self.worst: torch.Tensor | None = None  # longest run since the last check()
         self.total: torch.Tensor | None = None  # bad steps in the whole run
+        self._start = 0  # skipped steps of earlier attempts (a resumed run)
+
+    def start_from(self, total: int) -> None:
+        """Continue the run's total from a checkpoint (``ckpt["salt"]["skipped_steps"]``)."""
+        self._start = int(total)
+        if self.total is not None:
+            self.total = torch.full_like(self.total, self._start)
+
+    def count(self) -> int:
+        """Skipped steps in the whole run so far (a host read)."""
+        return self._start if self.total is None else int(self.total)
 
     def update(self, bad: torch.Tensor) -> None:
         """Record one optimizer step; ``bad`` is a 0-d bool tensor (no host sync)."""
@@ -61,7 +74,7 @@ class NonFiniteGuard:
         if self.streak is None or self.streak.device != bad.device:
             self.streak = torch.zeros((), dtype=torch.int64, device=bad.device)
             self.worst = torch.zeros_like(self.streak)
-            self.total = torch.zeros_like(self.streak)
+            self.total = torch.full_like(self.streak, self._start)
         self.streak = (self.streak + 1) * bad
         self.worst = torch.maximum(self.worst, self.streak)
         self.total = self.total + bad

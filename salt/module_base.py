@@ -9,11 +9,19 @@
   on optimizer steps (``salt.optim``, ``salt.schedules``); gradient-norm clipping from
   ``trainer.gradient_clip_val``; a non-finite loss or gradient skips the update on the device
   (``salt.step.prepare_optimizer_step``) and ``max_nonfinite`` skips in a row abort the run;
-- logging without host syncs in the hot path: tensors are logged as tensors; Python floats (lr,
-  weight decay, clips/s, data wait) only on the steps Lightning flushes to the loggers anyway;
+- the skip is agreed by every rank without a collective of its own: a rank whose loss is not
+  finite multiplies it by NaN, so its gradients are NaN (an L1 loss of NaN targets alone would
+  not make them so: the backward of ``|x|`` at NaN is 0), the gradient all-reduce the step does
+  anyway spreads the NaN to every rank, and every rank sees a non-finite grad norm and skips;
+- logging without host syncs in the hot path: on the steps Lightning flushes to the loggers (every
+  ``log_every_n_steps``), ``train/loss`` (mean over ranks of the finite losses),
+  ``train/loss_mask{i}`` and ``train/nonfinite_losses`` (micro-batches with a non-finite loss,
+  summed over ranks) are reduced over ranks in one all-reduce of a few numbers; Python floats (lr,
+  weight decay, clips/s, data wait) are logged only on those steps too;
 - health every ``health_every`` steps (RankMe, std of predictions and targets);
 - ``ckpt["salt"]`` metadata (docs/architecture.md), including the mean training loss since the
-  previous checkpoint, accumulated on the device and read only when a checkpoint is written;
+  previous checkpoint over every rank (accumulated on the device, summed over ranks and read only
+  when a checkpoint is written) and the number of skipped steps (restored on resume);
 - compilation: ``compile=True`` compiles each transformer block (``compile_scope="blocks"``) or
   each whole module's forward (``"modules"``) with ``torch.compile(mode=compile_mode)`` where that
   can work (a CUDA device, Triton importable, a C compiler on PATH for Triton's launcher);
@@ -43,7 +51,9 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
+from salt import watchdog
 from salt.data.transforms import normalize
+from salt.dist import sum_over_ranks
 from salt.health import NonFiniteGuard
 from salt.masks import MultiMaskCollator
 from salt.models import ROPE_CONVENTION
@@ -200,6 +210,7 @@ class SaltModule(pl.LightningModule):
         self.mask_collator: MultiMaskCollator | None = None
         self.mlflow_run_id: str | None = None  # set by salt.tracking.TrackingCallback
         self._window_bad: torch.Tensor | None = None  # non-finite loss in this accumulation window
+        self._nonfinite: torch.Tensor | None = None  # micro-batches with a non-finite loss (rank)
         self._loss_sum: torch.Tensor | None = None  # finite losses since the last checkpoint
         self._loss_count: torch.Tensor | None = None
         self._saved_loss: tuple[int, float | None] = (-1, None)
@@ -275,6 +286,34 @@ class SaltModule(pl.LightningModule):
         connector = getattr(self.trainer, "_logger_connector", None)
         return bool(connector.should_update_logs) if connector is not None else True
 
+    def _is_reduce_step(self) -> bool:
+        """The log steps as every rank computes them alike (Lightning's ``should_update_logs``
+        also turns true on ``should_stop``, which need not be set on every rank at once)."""
+        every = self.trainer.log_every_n_steps
+        return bool(every) and (self.global_step + 1) % every == 0
+
+    def _log_over_ranks(
+        self, loss: torch.Tensor, finite: torch.Tensor, stats: dict[str, torch.Tensor], kw: dict
+    ) -> None:
+        """One all-reduce of ``[Σ finite loss, n finite, Σ non-finite count, Σ stats]`` over
+        ranks, then ``train/loss`` etc. as means over ranks (an all-non-finite step logs NaN)."""
+        keys = list(stats)
+        zero = torch.zeros((), dtype=torch.float64, device=loss.device)
+        vec = torch.stack(
+            [
+                torch.where(finite, loss.double(), zero),
+                finite.double(),
+                self._nonfinite.double(),
+                *[torch.where(finite, stats[k].double(), zero) for k in keys],
+            ]
+        )  # [3 + n_stats] float64
+        vec = sum_over_ranks(vec)
+        count = vec[1]
+        self.log("train/loss", (vec[0] / count).float(), **kw)
+        self.log("train/nonfinite_losses", vec[2].float(), **kw)
+        for i, key in enumerate(keys):
+            self.log(f"train/{key}", (vec[3 + i] / count).float(), **kw)
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         step = self.global_step
         # once per optimizer step (the first micro-batch when gradients are accumulated)
@@ -291,17 +330,22 @@ class SaltModule(pl.LightningModule):
         if self._loss_sum is None:
             self._loss_sum = torch.zeros((), dtype=torch.float64, device=detached.device)
             self._loss_count = torch.zeros((), dtype=torch.int64, device=detached.device)
+            self._nonfinite = torch.zeros((), dtype=torch.int64, device=detached.device)
         self._loss_sum += torch.where(finite, detached.double(), 0.0)
         self._loss_count += finite.to(torch.int64)
+        self._nonfinite += bad.to(torch.int64)
+        # NaN gradients on this rank whenever its loss is not finite (see the module docstring):
+        # one scalar multiply, no host read, and the skip is then the same on every rank
+        loss = loss * torch.where(finite, 1.0, float("nan"))
 
         batch_size = batch["video"].shape[0]
         kw = {"on_step": True, "on_epoch": False, "sync_dist": False, "batch_size": batch_size}
-        self.log("train/loss", detached, **kw)
         health_stats = {k: stats.pop(k) for k in ("rankme", "pred_std", "target_std") if k in stats}
         if health_stats:
             self.log_now({f"train/{k}": v for k, v in health_stats.items()})
-        for key, value in stats.items():
-            self.log(f"train/{key}", value, **kw)
+        if self._is_reduce_step():
+            # the values Lightning is about to read on the host anyway, reduced over ranks first
+            self._log_over_ranks(detached, finite, stats, kw)
         if self._is_log_step():
             # Python floats become device tensors inside self.log (a blocking copy), so they are
             # logged only when Lightning is about to read every metric on the host anyway.
@@ -333,6 +377,7 @@ class SaltModule(pl.LightningModule):
         self.guard.update(skipped)
         kw = {"on_step": True, "on_epoch": False, "sync_dist": False, "batch_size": 1}
         self.log("train/grad_norm", norm, **kw)
+        # the skip is agreed (see the module docstring): every rank holds the same count
         self.log("train/skipped_steps", self.guard.total.float(), **kw)
         interval = max(1, min(self.guard.max_consecutive, self.trainer.log_every_n_steps or 1))
         if (self.global_step + 1) % interval == 0:
@@ -390,16 +435,20 @@ class SaltModule(pl.LightningModule):
         t["clips"] += int(batch["video"].shape[0])
         t["batches"] += 1
         t["last_end"] = time.perf_counter()
+        watchdog.mark("data wait (next batch)")  # after every callback's batch end
 
     # ----------------------------------------------------------------- checkpoints
     def running_train_loss(self) -> float | None:
-        """Mean finite training loss since the previous checkpoint (host read; at save time)."""
+        """Mean finite training loss since the previous checkpoint over every rank (host read at
+        save time; one all-reduce of two numbers where several ranks save together)."""
         step = self.global_step
-        if self._saved_loss[0] == step:  # `last` and the periodic checkpoint share one value
+        if self._saved_loss[0] == step:  # checkpoints of one step share one value
             return self._saved_loss[1]
         value = None
-        if self._loss_count is not None and int(self._loss_count) > 0:
-            value = float(self._loss_sum / self._loss_count)
+        if self._loss_count is not None:
+            pair = sum_over_ranks(torch.stack([self._loss_sum, self._loss_count.double()]))
+            total, count = pair.tolist()
+            value = total / count if count > 0 else None
             self._loss_sum.zero_()
             self._loss_count.zero_()
         self._saved_loss = (step, value)
@@ -407,7 +456,9 @@ class SaltModule(pl.LightningModule):
 
     def tracking_tags(self) -> dict[str, str]:
         """MLflow tags of this run (``salt.tracking.TrackingCallback`` adds kind and paths)."""
-        return {"salt.stage": self.stage}
+        from salt.resume import attempt_info
+
+        return {"salt.stage": self.stage, "salt.attempt": str(attempt_info()["attempt"])}
 
     def checkpoint_metadata(self) -> dict[str, Any]:
         """``ckpt["salt"]`` (docs/architecture.md); plain Python types only (weights_only-safe)."""
@@ -420,9 +471,15 @@ class SaltModule(pl.LightningModule):
             "std": list(self.std),
             "step": int(self.global_step),
             "train_loss": self.running_train_loss(),
+            "skipped_steps": self.guard.count(),
             "teacher": None,
             "mlflow_run_id": self.mlflow_run_id,
         }
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["salt"] = self.checkpoint_metadata()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        skipped = (checkpoint.get("salt") or {}).get("skipped_steps")
+        if skipped:
+            self.guard.start_from(int(skipped))  # train/skipped_steps continues across resumes

@@ -1,20 +1,29 @@
-"""Requeue and exact resume on Slurm: who requeues, which checkpoint to resume, which MLflow run.
+"""Which checkpoint a `salt fit` start resumes, agreed by every rank; which attempt this is.
 
-One owner of the requeue: `SlurmRequeue` (this file), not Lightning's `SLURMEnvironment`
-auto-requeue, which it switches off. Why: Lightning saves the checkpoint *inside* the SIGUSR1
-handler on every rank, i.e. at whatever point each rank happens to be (one may be inside a gradient
-all-reduce while the other enters the save barrier), a collective mismatch that can hang DDP and
-certainly hangs FSDP's sharded save. Here the handler only sets a flag; at the next batch end all
-ranks agree on it with one all-reduce, save together at the same global step (atomically), then
-rank 0 runs `scontrol requeue` and the trainer stops. Slurm puts the job back in the queue with
-the same job id; on restart `salt fit --ckpt_path auto` resumes from the newest checkpoint in the
-same folder (`find_latest_checkpoint`). The run folder is named after the Slurm job id
-(`salt.cli.default_run_name`) and holds `run.json` with the MLflow run id (`salt.tracking`), so the
-restarted job logs into the same MLflow run. Preemption or `scontrol requeue` from outside
-(SIGTERM, no warning) loses at most the steps since the last periodic checkpoint.
+The rule (``decide_ckpt_path``), applied on every start of ``salt fit``:
 
-The signal comes from `#SBATCH --signal=SIGUSR1@90` *without* `B:`, so srun forwards it to the
-training tasks rather than to the batch shell (see slurm/train.sbatch).
+1. **A restart resumes the run's newest checkpoint.** When Slurm (``SLURM_RESTART_COUNT``) or
+   torchrun (``TORCHELASTIC_RESTART_COUNT``) restarts the job and its run folder holds a
+   complete checkpoint, the newest one (highest step; ``find_latest_checkpoint``) wins over any
+   ``--ckpt_path``: a user's ``--ckpt_path X`` only seeds the *first* attempt, so a requeued or
+   retried job never starts again from X.
+2. **A first start never trains into someone else's run.** If the run folder already holds
+   checkpoints, the start is refused with a ``UsageError`` unless the user asked to continue
+   it: ``--ckpt_path auto`` (the newest), or a path to one of that folder's checkpoints. A reused
+   Slurm job id or ``--run_name`` therefore fails loudly instead of silently continuing another
+   run (the refusal exits 2, which ``slurm/train.sbatch`` does not retry).
+3. Otherwise ``--ckpt_path auto`` is a fresh start and any other value is passed to Lightning.
+
+Each rank applies the rule to its own view of the shared filesystem; ``ResumeAgreement`` then
+makes rank 0's choice the job's choice once the process group exists (a file system with
+attribute caching can show ranks different newest files): a rank that picked another file loads
+rank 0's instead, and a rank that disagrees on *whether* to resume stops the job with an error
+naming both views (the retry then sees a consistent filesystem).
+
+The run folder is named after the Slurm job id (``salt.cli.default_run_name``) and holds
+``run.json`` with the MLflow run id (``salt.tracking``), so a restarted job logs into the same
+MLflow run. The requeue on the time-limit warning is ``salt.requeue.SlurmRequeue``; the bounded
+crash retry is in ``slurm/train.sbatch``, which exports the attempt number (``attempt_info``).
 """
 
 from __future__ import annotations
@@ -22,15 +31,14 @@ from __future__ import annotations
 import logging
 import os
 import re
-import signal
-import subprocess
-import threading
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import pytorch_lightning as pl
-import torch
 from pytorch_lightning.callbacks import Callback
+
+from salt.errors import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +74,32 @@ def slurm_restart_count(env: dict[str, str] | None = None) -> int:
     return int(env.get("SLURM_RESTART_COUNT") or 0)
 
 
+def restart_count(env: dict[str, str] | None = None) -> int:
+    """Restarts of this job by Slurm (requeue, crash retry) or torchrun (``--max-restarts``)."""
+    env = os.environ if env is None else env
+    return max(slurm_restart_count(env), int(env.get("TORCHELASTIC_RESTART_COUNT") or 0))
+
+
+def attempt_info(env: dict[str, str] | None = None) -> dict[str, int | None]:
+    """This job's attempt: ``attempt`` (1 = first start), ``restarts`` (Slurm/torchrun restarts
+    so far), ``crash_retries`` / ``max_retries`` (used / allowed by ``slurm/train.sbatch``'s
+    bounded retry; None outside it). ``train.sbatch`` exports ``SALT_ATTEMPT``,
+    ``SALT_CRASH_RETRIES`` and ``SALT_MAX_RETRIES``; tracking logs them from here."""
+    env = os.environ if env is None else env
+    restarts = restart_count(env)
+
+    def num(key: str) -> int | None:
+        value = env.get(key)
+        return int(value) if value not in (None, "") else None
+
+    return {
+        "attempt": num("SALT_ATTEMPT") or restarts + 1,
+        "restarts": restarts,
+        "crash_retries": num("SALT_CRASH_RETRIES"),
+        "max_retries": num("SALT_MAX_RETRIES"),
+    }
+
+
 # --------------------------------------------------------------------------- checkpoints
 
 
@@ -75,12 +109,14 @@ def checkpoint_step(path: str | Path) -> int | None:
     match = _STEP_RE.search(path.name)
     if match:
         return int(match.group(1))
+    from salt.checkpointing import load_checkpoint_file
+
     try:
         if path.is_dir():
-            meta = torch.load(path / _SHARDED_META, map_location="cpu", weights_only=False)
+            meta = load_checkpoint_file(path / _SHARDED_META)
         else:
-            meta = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
-    except Exception as err:  # unreadable: the caller skips and reports it
+            meta = load_checkpoint_file(path, mmap=True)
+    except Exception as err:  # unreadable or not a plain checkpoint: the caller skips it
         log.warning("cannot read global step from %s: %s", path, err)
         return None
     step = meta.get("global_step")
@@ -127,6 +163,16 @@ def find_latest_checkpoint(dirpath: str | Path) -> Path | None:
     return None if best is None else best[3]
 
 
+def _describe(path: Path | None) -> str:
+    return f"{path} (step {checkpoint_step(path)})" if path else "none: fresh start"
+
+
+def _log(msg: str) -> None:
+    rank = os.environ.get("SLURM_PROCID", os.environ.get("RANK", "0"))
+    if rank == "0":  # one line per job start, for the job log
+        print(f"[salt.resume] {msg}", flush=True)
+
+
 def resolve_ckpt_path(ckpt_path: str | None, dirpath: str | Path | None) -> str | None:
     """`auto` → the newest checkpoint in `dirpath` (None when there is none: a fresh start);
     anything else is returned unchanged (a path, Lightning's "last"/"hpc", or None)."""
@@ -135,11 +181,115 @@ def resolve_ckpt_path(ckpt_path: str | None, dirpath: str | Path | None) -> str 
     if dirpath is None:
         return None
     latest = find_latest_checkpoint(dirpath)
-    rank = os.environ.get("SLURM_PROCID", os.environ.get("RANK", "0"))
-    if rank == "0":  # one line per job start, for the job log
-        found = f"{latest} (step {checkpoint_step(latest)})" if latest else "none: fresh start"
-        print(f"[salt.resume] --ckpt_path auto in {dirpath}: {found}", flush=True)
+    _log(f"--ckpt_path auto in {dirpath}: {_describe(latest)}")
     return None if latest is None else str(latest)
+
+
+_KEYWORDS = ("last", "hpc", "best", "registry")  # Lightning's own ckpt_path values
+
+
+def _inside(path: str, dirpath: Path) -> bool:
+    try:
+        return Path(path).resolve().parent == dirpath.resolve()
+    except OSError:
+        return False
+
+
+def decide_ckpt_path(
+    requested: str | None, checkpoint_dir: str | Path, env: dict[str, str] | None = None
+) -> str | None:
+    """The checkpoint this start resumes (None: fresh), by the rule in the module docstring.
+
+    Args:
+        requested: the user's ``--ckpt_path`` (a path, ``auto``, a Lightning keyword or None).
+        checkpoint_dir: the run folder's ``checkpoints/``.
+        env: environment to read the restart count from (default ``os.environ``).
+
+    Raises:
+        UsageError: a first start into a run folder that holds checkpoints the user did not ask
+            to resume.
+    """
+    checkpoint_dir = Path(checkpoint_dir)
+    latest = find_latest_checkpoint(checkpoint_dir)
+    restarts = restart_count(env)
+    where = f"run folder {checkpoint_dir.parent}"
+    if restarts > 0 and latest is not None:
+        if requested not in (None, "auto") and not (
+            requested not in _KEYWORDS and Path(requested).resolve() == latest.resolve()
+        ):
+            _log(
+                f"restart {restarts}: the run's newest checkpoint wins over --ckpt_path {requested}"
+            )
+        _log(f"restart {restarts}: resuming {_describe(latest)}")
+        return str(latest)
+    if requested == "auto":
+        _log(f"--ckpt_path auto in {checkpoint_dir}: {_describe(latest)}")
+        return None if latest is None else str(latest)
+    if latest is not None and requested not in _KEYWORDS:
+        if requested is None:
+            raise UsageError(
+                f"{where} already holds checkpoints (newest: {_describe(latest)}) and this is not "
+                "a restart of the job that wrote them; continue that run with --ckpt_path auto, "
+                "or start a new one with another --run_name / --trainer.default_root_dir"
+            )
+        if not _inside(requested, checkpoint_dir):
+            raise UsageError(
+                f"{where} already holds checkpoints (newest: {_describe(latest)}); --ckpt_path "
+                f"{requested} is not one of them, so this would train one run into another's "
+                "folder; pick a new --run_name, or resume the folder with --ckpt_path auto"
+            )
+    if requested is not None:
+        _log(f"--ckpt_path {requested}")
+    elif restarts == 0:
+        _log(f"{checkpoint_dir}: none: fresh start")
+    else:
+        _log(f"restart {restarts}: {checkpoint_dir}: none: fresh start")
+    return requested
+
+
+class ResumeAgreement(Callback):
+    """Makes rank 0's resume choice every rank's, before anything is restored (see the module
+    docstring). One ``all_gather_object`` over the gloo group, once per fit.
+
+    Args:
+        chosen: this rank's ``decide_ckpt_path`` result (what ``trainer.fit`` was given).
+    """
+
+    def __init__(self, chosen: str | None) -> None:
+        self.chosen = chosen
+        self.agreed: str | None = chosen
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        from salt.dist import all_gather, is_distributed
+
+        if stage != "fit" or not is_distributed():
+            return
+        views = all_gather(self.chosen)
+        self.agreed = views[0]
+        odd = {r: v for r, v in enumerate(views) if v != views[0]}
+        if not odd:
+            return
+        if views[0] is None or any(v is None for v in odd.values()):
+            raise RuntimeError(
+                "ranks disagree on whether to resume: rank 0 chose "
+                f"{views[0] or 'a fresh start'}, "
+                + ", ".join(f"rank {r} {v or 'a fresh start'}" for r, v in odd.items())
+                + " (the run folder looks different from different nodes: a shared filesystem "
+                "that has not caught up yet); stopping so that the retry starts consistently"
+            )
+        if trainer.global_rank in odd:
+            io = trainer.strategy.checkpoint_io
+            if not hasattr(io, "redirect"):
+                raise RuntimeError(
+                    f"rank {trainer.global_rank} sees {self.chosen}, rank 0 {views[0]}, and the "
+                    f"checkpoint IO {type(io).__name__} cannot be redirected"
+                )
+            io.redirect[str(self.chosen)] = views[0]
+            print(
+                f"[salt.resume] rank {trainer.global_rank}: resuming rank 0's choice {views[0]} "
+                f"(this rank saw {self.chosen})",
+                flush=True,
+            )
 
 
 def atomic_save_checkpoint(trainer: pl.Trainer, path: str | Path) -> Path:
@@ -159,136 +309,51 @@ def atomic_save_checkpoint(trainer: pl.Trainer, path: str | Path) -> Path:
     return path
 
 
-# --------------------------------------------------------------------------- the requeue owner
+# --------------------------------------------------------------------------- salt fit wiring
+
+RUN_OPTIONS = ("checkpoint_minutes", "keep_checkpoints", "hang_timeout")
 
 
-class SlurmRequeue(Callback):
-    """On the Slurm warning signal: checkpoint at a step every rank agrees on, requeue, stop.
+def add_run_arguments(parser: Any) -> None:
+    """The fault-handling run options of ``salt fit`` (a LightningArgumentParser)."""
+    parser.add_argument(
+        "--checkpoint_minutes",
+        type=float | None,
+        default=None,
+        help="also write a periodic checkpoint every this many minutes of wall time",
+    )
+    parser.add_argument(
+        "--keep_checkpoints",
+        type=int | None,
+        default=None,
+        help="keep only the newest K step=N checkpoints (default: all)",
+    )
+    parser.add_argument(
+        "--hang_timeout",
+        type=float,
+        default=600.0,
+        help="seconds one training phase may take before the rank reports a hang and exits "
+        "(the NCCL/gloo timeout is 2x this; 0 = off)",
+    )
 
-    Inactive outside an srun task. Switches off Lightning's own SLURM auto-requeue so there is
-    exactly one owner.
 
-    Args:
-        dirpath: where the requeue checkpoint goes; None = the ModelCheckpoint's folder.
-        signum: the warning signal (`#SBATCH --signal=SIGUSR1@90`).
-        requeue: run `scontrol requeue` after saving (False: save and stop only).
-        check_every_n_steps: how often ranks all-reduce the flag (one int per check, over a
-            CPU/gloo group: no GPU synchronisation in the training loop).
-    """
+def run_callbacks(
+    checkpoint_dir: str | Path, opts: dict[str, Any], ckpt_path: str | None
+) -> list[Callback]:
+    """The callbacks every ``salt fit`` adds: periodic checkpoints, the resume agreement, the
+    Slurm requeue owner and the hang watchdog."""
+    from salt.checkpoint_policy import SaltCheckpoint
+    from salt.requeue import SlurmRequeue
+    from salt.watchdog import HangWatchdog
 
-    def __init__(
-        self,
-        dirpath: str | None = None,
-        signum: int = int(signal.SIGUSR1),
-        requeue: bool = True,
-        check_every_n_steps: int = 1,
-    ) -> None:
-        self.dirpath = dirpath
-        self.signum = signum
-        self.requeue = requeue
-        self.check_every_n_steps = max(1, int(check_every_n_steps))
-        self.received = False
-        self.saved_path: Path | None = None
-        self._active = False  # inside an srun task: takes part in the flag all-reduce
-        self._installed = False  # the signal handler is ours (main thread only)
-        self._last_step: int | None = None
-        self._previous_handler = None
-        self._group = None  # gloo group for the flag (None: the default group is gloo already)
-
-    def _on_signal(self, signum: int, frame: object) -> None:
-        # Only a flag: saving here would run collectives at an arbitrary point of the step.
-        self.received = True
-
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage != "fit" or not in_slurm_task():
-            return
-        from lightning_fabric.plugins.environments import SLURMEnvironment
-
-        for env in (
-            getattr(trainer.strategy, "cluster_environment", None),
-            getattr(trainer._accelerator_connector, "cluster_environment", None),
-        ):
-            if isinstance(env, SLURMEnvironment):
-                env.auto_requeue = False  # this callback is the only requeue owner
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized() and dist.get_backend() != "gloo":
-            # every rank runs setup: a collective call, in the same order everywhere
-            self._group = dist.new_group(backend="gloo")
-        self._active = True  # on every rank alike: they all join the flag all-reduce
-        if threading.current_thread() is threading.main_thread():
-            # DataLoader workers forked later inherit this handler (the signal reaches every
-            # process of the step), so a worker only sets its own, unused flag instead of dying.
-            self._previous_handler = signal.signal(self.signum, self._on_signal)
-            self._installed = True
-        env = getattr(trainer.strategy, "cluster_environment", None)
-        print(
-            f"[salt.resume] rank {trainer.global_rank}/{trainer.world_size} "
-            f"SLURM_PROCID={os.environ.get('SLURM_PROCID')} job={slurm_job_key()} "
-            f"restart={slurm_restart_count()} env={type(env).__name__} "
-            f"requeue_on_signal={self._installed}",
-            flush=True,
-        )
-
-    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if self._installed and threading.current_thread() is threading.main_thread():
-            signal.signal(self.signum, self._previous_handler or signal.SIG_DFL)
-        self._active = self._installed = False
-
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._last_step = trainer.global_step  # the restored step on a resume
-
-    def on_train_batch_end(self, trainer: pl.Trainer, *args: object, **kwargs: object) -> None:
-        # act only where an optimizer step just ended (not inside a gradient-accumulation window),
-        # the same batches on every rank
-        step = trainer.global_step
-        if not self._active or step == self._last_step:
-            return
-        self._last_step = step
-        if step % self.check_every_n_steps:
-            return
-        # every rank must reach this all-reduce at the same step: one int on the CPU, every k steps
-        if not self._any_rank_received():
-            return
-        self.saved_path = self.save(trainer)
-        if self.requeue and trainer.is_global_zero:
-            self._scontrol_requeue()
-        trainer.should_stop = True
-
-    def _any_rank_received(self) -> bool:
-        import torch.distributed as dist
-
-        flag = torch.tensor([int(self.received)], dtype=torch.int32)
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self._group)
-        return bool(flag.item())
-
-    def _checkpoint_dir(self, trainer: pl.Trainer) -> Path:
-        if self.dirpath is not None:
-            return Path(self.dirpath)
-        cb = trainer.checkpoint_callback
-        if cb is not None and getattr(cb, "dirpath", None):
-            return Path(cb.dirpath)
-        return Path(trainer.default_root_dir) / "checkpoints"
-
-    def save(self, trainer: pl.Trainer) -> Path:
-        name = f"step={trainer.global_step:07d}-requeue{CKPT_SUFFIX}"
-        path = self._checkpoint_dir(trainer) / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_save_checkpoint(trainer, path)
-        if trainer.is_global_zero:
-            print(f"[salt.resume] signal {self.signum}: saved {path}", flush=True)
-        return path
-
-    def _scontrol_requeue(self) -> None:
-        job = slurm_job_key()
-        if job is None:
-            log.warning("no SLURM_JOB_ID: cannot requeue")
-            return
-        print(f"[salt.resume] scontrol requeue {job}", flush=True)
-        result = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
-        if result.returncode != 0:
-            # e.g. submitted with --no-requeue: training stops after the checkpoint, job ends
-            log.warning(
-                "scontrol requeue %s failed (%s): %s", job, result.returncode, result.stderr
-            )
+    return [
+        ResumeAgreement(ckpt_path),
+        SlurmRequeue(),
+        HangWatchdog(opts["hang_timeout"]),
+        SaltCheckpoint(
+            dirpath=checkpoint_dir,
+            every_n_train_steps=opts["checkpoint_every"],
+            every_minutes=opts["checkpoint_minutes"],
+            keep=opts["keep_checkpoints"],
+        ),
+    ]

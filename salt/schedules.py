@@ -8,15 +8,39 @@ Every schedule is a pure function of the number of optimizer steps already taken
 final value *exactly* at ``total_steps`` (V-JEPA stretches its schedules by 1.25 so they never do;
 SPEC.md asks that ours do). ``WarmupCosineSchedule`` applies lr and weight decay to an optimizer; it
 is keyed on optimizer steps (Lightning steps it once per optimizer step, so gradient accumulation
-does not stretch it) and its state is just the step counter, so resuming restores it exactly.
+does not stretch it).
+
+Resuming: the scheduler's saved state is its step counter only. Its shape (``total_steps`` =
+``trainer.max_steps``, ``warmup_steps``, the lr and weight-decay values) always comes from the
+*current* configuration, and the optimizer's lr / weight decay are set from it for the restored
+step. So a resume with unchanged settings continues exactly, and a resume that changes one (e.g.
+``--trainer.max_steps 80`` for a run that was planned for 40) re-derives every schedule from the
+new values, as if the run had been planned that way: the next step uses the value the new
+schedule has at the restored step (a longer horizon raises the lr again from ``final_lr``; the
+log names every changed setting and the lr before → after). The EMA momentum
+(``StudentModule``) reads the same ``total_steps``, so lr, weight decay and EMA always agree.
 """
 
 from __future__ import annotations
 
+import logging
 import math
+from typing import Any
 
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
+
+log = logging.getLogger(__name__)
+# what defines the schedule's shape: always the current configuration's, never the checkpoint's
+SHAPE_KEYS = (
+    "total_steps",
+    "warmup_steps",
+    "start_lr",
+    "peak_lr",
+    "final_lr",
+    "start_wd",
+    "final_wd",
+)
 
 
 def cosine(step: int, total_steps: int, start: float, final: float) -> float:
@@ -104,9 +128,37 @@ class WarmupCosineSchedule(LRScheduler):
 
     def step(self, epoch: int | None = None) -> None:  # noqa: D102 - LRScheduler API
         super().step(epoch)
+        self._apply_wd()
+
+    def _apply_wd(self) -> None:
         wd = self.wd_at(self.last_epoch)
         for group in self.optimizer.param_groups:
             group["weight_decay"] = wd if group.get("apply_wd", True) else 0.0
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the step counter; keep this configuration's schedule shape (module docstring)
+        and set the optimizer's lr / weight decay for the restored step from it."""
+        changed = {
+            k: (state_dict[k], getattr(self, k))
+            for k in SHAPE_KEYS
+            if k in state_dict and state_dict[k] != getattr(self, k)
+        }
+        before = [g["lr"] for g in self.optimizer.param_groups]
+        super().load_state_dict({k: v for k, v in state_dict.items() if k not in SHAPE_KEYS})
+        lr = self.lr_at(self.last_epoch)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self._last_lr = [lr] * len(self.optimizer.param_groups)
+        self._apply_wd()
+        if changed:
+            what = ", ".join(f"{k} {old} -> {new}" for k, (old, new) in changed.items())
+            msg = (
+                f"[salt.schedules] resumed at step {self.last_epoch} with a changed schedule "
+                f"({what}): lr and weight decay are re-derived from the new settings; lr "
+                f"{before[0]:.3g} -> {lr:.3g}"
+            )
+            log.warning(msg)
+            print(msg, flush=True)
 
 
 def ema_momentum(step: int, total_steps: int, start: float, final: float | None) -> float:

@@ -291,6 +291,16 @@ class SaltFSDPStrategy(ModelParallelStrategy):
         self.barrier("salt.fsdp.save.done")
         return None
 
+    def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict:
+        """Lightning's sharded load, with ``weights_only=True`` for ``meta.pt`` / full files unless
+        the caller explicitly asks otherwise (``salt.checkpointing.SAFE_GLOBALS`` allowed)."""
+        from salt.checkpointing import SAFE_GLOBALS
+
+        if weights_only is False:
+            return super().load_checkpoint(checkpoint_path, weights_only=False)
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            return super().load_checkpoint(checkpoint_path, weights_only=True)
+
     @property
     def distributed_sampler_kwargs(self) -> dict[str, Any]:
         # every rank sees different data, whatever the mesh shape
@@ -356,7 +366,7 @@ def consolidate_checkpoint(sharded_dir: str | Path, out: str | Path) -> Path:
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
-    from salt.checkpointing import atomic_torch_save
+    from salt.checkpointing import atomic_torch_save, load_checkpoint_file
 
     sharded_dir, out = Path(sharded_dir), Path(out)
     meta_file = sharded_dir / "meta.pt"
@@ -379,7 +389,7 @@ def consolidate_checkpoint(sharded_dir: str | Path, out: str | Path) -> Path:
         raise ValueError(f"{sharded_dir} holds no model weights under '{prefix}'")
     state = {"state_dict": weights}
     dcp.load(state, storage_reader=reader, no_dist=True)
-    ckpt = torch.load(meta_file, map_location="cpu", weights_only=False)
+    ckpt = load_checkpoint_file(meta_file)
     ckpt["state_dict"] = state["state_dict"]
     atomic_torch_save(ckpt, out)
     return out

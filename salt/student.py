@@ -13,7 +13,9 @@ How the teacher stays frozen — and out of DDP/FSDP: it is held in a plain Pyth
 ``state_dict()``, every optimizer group, and from whatever module tree a strategy wraps or shards;
 the module moves it to the batch's device itself. It has ``requires_grad=False`` and sits in a
 ``FrozenTeacher`` whose ``train()`` always means ``eval()``. A checkpoint records the teacher's
-path and sha256 (not its weights) and resuming verifies the hash; the EMA teacher *is* trainable
+path and sha256 (not its weights) and resuming verifies the hash (rank 0 hashes the file once per
+job in ``setup`` and broadcasts it: a multi-GB teacher is not read again by every rank); the EMA
+teacher *is* trainable
 state, so its weights go into the checkpoint under ``"salt_ema_teacher"``. A sharding strategy
 should shard only ``encoder`` and ``predictor`` and place the teacher itself (it is only read).
 """
@@ -29,6 +31,7 @@ import torch
 from torch import nn
 
 from salt.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from salt.dist import from_rank_zero
 from salt.encoder_io import file_sha256, load_encoder
 from salt.errors import MissingInputError, UsageError
 from salt.fp8 import check_teacher_precision, prepare_teacher, teacher_input
@@ -270,8 +273,28 @@ class StudentModule(SaltModule):
                 f"teacher {path} does not match this student: {'; '.join(mismatches)}. Train the "
                 "student with the teacher's input settings, or use a matching teacher."
             )
-        self.teacher_info = {"path": str(Path(path).resolve()), "sha256": file_sha256(path)}
+        # sha256 filled in once per job (setup) or on first read outside a Trainer
+        self.teacher_info = {"path": str(Path(path).resolve()), "sha256": None}
         return encoder
+
+    @property
+    def teacher_info(self) -> dict[str, str] | None:
+        """``{"path", "sha256"}`` of the frozen teacher file (None in EMA mode)."""
+        info = self._teacher_file
+        if info is not None and info["sha256"] is None:
+            info["sha256"] = file_sha256(info["path"])  # one process: no one else to ask
+        return info
+
+    @teacher_info.setter
+    def teacher_info(self, value: dict[str, str] | None) -> None:
+        self._teacher_file = value
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        info = self._teacher_file
+        if stage == "fit" and info is not None and info["sha256"] is None:
+            path = info["path"]
+            info["sha256"] = from_rank_zero(lambda: file_sha256(path))  # every rank calls this
 
     # ----------------------------------------------------------------- teacher access
     @property
@@ -360,6 +383,7 @@ class StudentModule(SaltModule):
             checkpoint[EMA_STATE_KEY] = self.teacher.encoder.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
         if self.teacher_mode == "ema":
             if EMA_STATE_KEY not in checkpoint:
                 raise ValueError(

@@ -24,9 +24,12 @@ import torch
 from train_helpers import shards  # noqa: F401
 
 from salt.cli import SaltCLI
+from salt.errors import UsageError
+from salt.requeue import SlurmRequeue
 from salt.resume import (
-    SlurmRequeue,
+    attempt_info,
     checkpoint_step,
+    decide_ckpt_path,
     find_latest_checkpoint,
     in_slurm_task,
     list_checkpoints,
@@ -74,6 +77,53 @@ def test_latest_checkpoint_by_step_skipping_partial_files(tmp_path: Path) -> Non
     torch.save({"global_step": 40}, sharded / "meta.pt")
     (sharded / ".metadata").write_bytes(b"x")
     assert find_latest_checkpoint(tmp_path) == sharded
+
+
+_RESTART_VARS = ("SLURM_RESTART_COUNT", "TORCHELASTIC_RESTART_COUNT", "SALT_ATTEMPT")
+
+
+def test_resume_rule(tmp_path: Path, monkeypatch, capsys) -> None:
+    """A restart resumes the run's newest checkpoint over --ckpt_path; a first start into a folder
+    with checkpoints is refused unless --ckpt_path asks for one of them (or auto)."""
+    for var in _RESTART_VARS:
+        monkeypatch.delenv(var, raising=False)
+    ckpts = tmp_path / "run" / "checkpoints"
+    other = _fake_ckpt(tmp_path / "other.ckpt", 2)
+    assert decide_ckpt_path(None, ckpts) is None  # a fresh start
+    assert decide_ckpt_path("auto", ckpts) is None
+    assert decide_ckpt_path(str(other), ckpts) == str(other)  # seeds the first attempt
+    ckpts.mkdir(parents=True)
+    step3 = _fake_ckpt(ckpts / "step=0000003.ckpt", 3)
+    newest = _fake_ckpt(ckpts / "step=0000006.ckpt", 6)
+
+    # first start of a job into a folder that holds checkpoints (reused job id or --run_name)
+    with pytest.raises(UsageError, match=r"already holds checkpoints .*step 6.*--ckpt_path auto"):
+        decide_ckpt_path(None, ckpts)
+    with pytest.raises(UsageError, match="is not one of them"):
+        decide_ckpt_path(str(other), ckpts)
+    assert decide_ckpt_path("auto", ckpts) == str(newest)  # asking: continue it
+    assert decide_ckpt_path(str(step3), ckpts) == str(step3)  # asking for one of them
+    assert decide_ckpt_path("last", ckpts) == "last"  # Lightning's own keyword
+
+    # a restart (Slurm requeue / crash retry, torchrun restart): the newest wins over the user's
+    capsys.readouterr()
+    for env in ({"SLURM_RESTART_COUNT": "1"}, {"TORCHELASTIC_RESTART_COUNT": "2"}):
+        for requested in (str(other), str(step3), None, "auto"):
+            assert decide_ckpt_path(requested, ckpts, env) == str(newest), (env, requested)
+    assert f"wins over --ckpt_path {other}" in capsys.readouterr().out
+    # a restart before the first checkpoint was written starts from the user's file again
+    assert decide_ckpt_path(str(other), tmp_path / "new", {"SLURM_RESTART_COUNT": "1"}) == str(
+        other
+    )
+
+
+def test_attempt_info() -> None:
+    assert attempt_info({}) == {
+        "attempt": 1, "restarts": 0, "crash_retries": None, "max_retries": None,
+    }  # fmt: skip
+    env = {"SLURM_RESTART_COUNT": "2", "SALT_ATTEMPT": "3", "SALT_CRASH_RETRIES": "1",
+           "SALT_MAX_RETRIES": "3"}  # fmt: skip
+    assert attempt_info(env) == {"attempt": 3, "restarts": 2, "crash_retries": 1, "max_retries": 3}
 
 
 def test_slurm_ids() -> None:
@@ -183,7 +233,14 @@ class _Record(pl.Callback):
         )
 
 
-def _fit(root: Path, shards: str, run_name: str, rec: _Record, max_steps: int = 6) -> SaltCLI:  # noqa: F811
+def _fit(
+    root: Path,
+    shards: str,  # noqa: F811
+    run_name: str,
+    rec: _Record,
+    max_steps: int = 6,
+    ckpt_path: str = "auto",
+) -> SaltCLI:
     class CLI(SaltCLI):
         def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
             trainer = super().instantiate_trainer(**kwargs)
@@ -198,7 +255,7 @@ def _fit(root: Path, shards: str, run_name: str, rec: _Record, max_steps: int = 
         "--model.init_args.warmup_steps=2", f"--trainer.max_steps={max_steps}",
         "--trainer.log_every_n_steps=1", "--trainer.enable_progress_bar=false",
         f"--trainer.default_root_dir={root}", f"--run_name={run_name}", "--checkpoint_every=3",
-        "--ckpt_path=auto",
+        f"--ckpt_path={ckpt_path}",
     ]  # fmt: skip
     return CLI(args=args)
 
@@ -268,3 +325,13 @@ def test_cli_resume_is_exact(tmp_path: Path, shards: str) -> None:  # noqa: F811
     assert [r.info.run_id for r in runs] == [run_id]
     steps = {m.step for m in client.get_metric_history(run_id, "train/loss")}
     assert min(steps) < 3 <= max(steps)
+
+    # a restart of the job (requeue / crash retry) given the user's --ckpt_path step=3 again:
+    # the run's newest checkpoint (step 6) wins; the landed code went back to step 3
+    os.environ["SLURM_RESTART_COUNT"] = "1"
+    try:
+        third = _Record()
+        _fit(root, shards, "run", third, max_steps=7, ckpt_path=str(ckpt_dir / "step=0000003.ckpt"))
+    finally:
+        del os.environ["SLURM_RESTART_COUNT"]
+    assert third.at_start["step"] == 6 and [r["step"] for r in third.rows] == [6]

@@ -1,5 +1,9 @@
 """slurm/train.sbatch on a real Slurm (single node, see .ci/slurm-up): a 2-task CPU DDP job (gloo)
-that finishes, and a job interrupted twice that resumes each time into the same run.
+that finishes, a job interrupted twice that resumes each time into the same run, and the faults
+of a cluster (injected by tests/faults.py callbacks): one rank SIGKILLed mid-step (retried, resumed),
+a hanging rank (reported, retried a bounded number of times), SIGUSR1 during a save (nothing
+lost), a failing `scontrol requeue` (the job FAILS instead of COMPLETING), and a new job pointed at
+an existing run folder (refused, not retried).
 
 Skipped where `sbatch` is absent; with SALT_REQUIRE_SLURM=1 (CI) a missing Slurm is a failure.
 Each job writes under the test's tmp dir: its Slurm log, the run folder and the MLflow sqlite store.
@@ -52,12 +56,22 @@ def shards(tmp_path_factory: pytest.TempPathFactory) -> str:
 # --------------------------------------------------------------------------- helpers
 
 
-def _submit(tmp: Path, shards: str, max_steps: int, checkpoint_every: int, *extra: str) -> str:
-    env = dict(os.environ)
+def _submit(
+    tmp: Path,
+    shards: str,
+    max_steps: int,
+    checkpoint_every: int,
+    *extra: str,
+    sbatch: tuple[str, ...] = (),
+    env_extra: dict[str, str] | None = None,
+) -> str:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SALT_")}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # our `salt`
+    env["PYTHONPATH"] = str(REPO / "tests")  # fault-injection callbacks (tests/faults.py)
     env["OMP_NUM_THREADS"] = "1"
+    env.update(env_extra or {})
     cmd = [
-        "sbatch", "--parsable", f"--chdir={tmp}", f"--output={tmp}/slurm-%j.out",
+        "sbatch", "--parsable", f"--chdir={tmp}", f"--output={tmp}/slurm-%j.out", *sbatch,
         "--job-name=salt-test", "--nodes=1", "--ntasks-per-node=2", "--gpus-per-node=0",
         "--cpus-per-task=1", "--time=10",
         str(REPO / "slurm" / "train.sbatch"), str(CONFIG),
@@ -97,15 +111,28 @@ def _wait(what: str, cond, job: str, log: Path, timeout: float = 150.0):
     )
 
 
+def _node_idle() -> bool:
+    out = subprocess.run(["sinfo", "-h", "-N", "-o", "%T"], capture_output=True, text=True)
+    return out.stdout.strip().startswith("idle")
+
+
 def _release(job: str, log: Path) -> None:
-    """A requeued job waits ~2 minutes (BeginTime); start it now."""
+    """A requeued job waits ~2 minutes (BeginTime); start it now, once its previous instance has
+    left the node (started earlier, Slurm kills it: "Job credential revoked")."""
     _wait("requeued job pending", lambda: _job(job).get("JobState") == "PENDING", job, log)
+    deadline = time.monotonic() + 30
+    while not _node_idle() and time.monotonic() < deadline:
+        time.sleep(POLL_S)
     subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)
 
 
 def _finished(job: str) -> bool:
     state = _job(job).get("JobState")
     return state in (None, "COMPLETED")
+
+
+# the line salt.resume prints at each start: which checkpoint (if any) the attempt resumes
+_START_RE = r"\[salt\.resume\] (?:restart \d+: resuming |\S+: )(.*)"
 
 
 def _run_dir(tmp: Path, job: str) -> Path:
@@ -155,11 +182,15 @@ def test_two_task_cpu_ddp_job_completes(tmp_path: Path, shards: str) -> None:
 
     # both ranks were Slurm tasks of this job in one 2-process gloo DDP group
     for rank in (0, 1):
-        line = f"[salt.resume] rank {rank}/2 SLURM_PROCID={rank} job={job} restart=0 env=SLURMEnvironment"
+        line = (
+            f"[salt.resume] rank {rank}/2 SLURM_PROCID={rank} job={job} restart=0 attempt=1 "
+            "crash_retries=0/3 env=SLURMEnvironment"
+        )
         assert line in text, text[-4000:]
+    assert "attempt 1 (crash retries used 0/3)" in text
     assert "distributed_backend=gloo" in text
     assert "`Trainer.fit` stopped: `max_steps=4` reached." in text
-    assert "--ckpt_path auto" in text and "none: fresh start" in text
+    assert "none: fresh start" in text
     last = _load(_run_dir(tmp_path, job) / "checkpoints" / "last.ckpt")
     assert last["global_step"] == 4
 
@@ -225,7 +256,7 @@ def test_requeued_job_resumes_same_step_and_mlflow_run(tmp_path: Path, shards: s
     assert text.count(reached) == 1 and text.index(reached) > text.index("restart 2 on"), (
         "restart 1 finished before the external requeue landed: the test raced the job"
     )
-    starts = [m.group(1) for m in re.finditer(r"--ckpt_path auto in \S+: (.*)", text)]
+    starts = [m.group(1) for m in re.finditer(_START_RE, text)]
     assert len(starts) == 3, starts
     assert starts[0] == "none: fresh start"
     # restart 1 resumed exactly at the signal checkpoint
@@ -234,7 +265,7 @@ def test_requeued_job_resumes_same_step_and_mlflow_run(tmp_path: Path, shards: s
     m = re.fullmatch(r"(\S+) \(step (\d+)\)", starts[2])
     assert m and int(m.group(2)) >= _load(periodic)["global_step"], starts
     for restart in (1, 2):
-        assert f"SLURM_PROCID=0 job={job} restart={restart} env=SLURMEnvironment" in text
+        assert f"SLURM_PROCID=0 job={job} restart={restart} attempt={restart + 1} " in text
 
     # same run folder, same MLflow run across all three attempts
     assert json.loads(run_json.read_text())["mlflow_run_id"] == run_id
@@ -250,3 +281,133 @@ def test_requeued_job_resumes_same_step_and_mlflow_run(tmp_path: Path, shards: s
     # the data stream was resumed twice (re-seeded per resume; see slurm/README.md)
     dm_state = next(v for k, v in last.items() if isinstance(v, dict) and "resume_count" in v)
     assert dm_state["resume_count"] == 2
+
+
+# --------------------------------------------------------------------------- faults
+
+
+def _fault(name: str, **args: object) -> list[str]:
+    out = [f"--trainer.callbacks+=faults.{name}"]
+    for key, value in args.items():
+        out.append(f"--trainer.callbacks.{key}={json.dumps(value)}")
+    return out
+
+
+def _state(job: str) -> tuple[str | None, str | None, str | None]:
+    info = _job(job)
+    return info.get("JobState"), info.get("ExitCode"), info.get("Restarts")
+
+
+def _ended(job: str) -> bool:
+    return _job(job).get("JobState") in (None, "COMPLETED", "FAILED", "CANCELLED")
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_killed_rank_is_retried_and_resumes_and_reused_folder_is_refused(
+    tmp_path: Path, shards: str
+) -> None:
+    """SIGKILL of rank 1 in the middle of step 5 (attempt 1): srun ends the step, train.sbatch
+    requeues the job (crash retry 1/3), the restart resumes the newest checkpoint (step 3) and
+    finishes; MLflow records both attempts. Then a *new* job pointed at that run folder with
+    --run_name is refused (exit 2), not retried."""
+    job = _submit(tmp_path, shards, 8, 3, *_fault("KillAt", step=5, ranks=[1], attempts=[1]))
+    log = tmp_path / f"slurm-{job}.out"
+    _wait("restart count 1", lambda: _job(job).get("Restarts") == "1", job, log)
+    _release(job, log)
+    _wait("completion", lambda: "step finished" in log.read_text() and _finished(job), job, log)
+    text = log.read_text()
+    assert "[faults] attempt 1 rank 1: SIGKILL at step 5" in text
+    assert re.search(r"attempt 1 failed \(exit \d+\): crash retry 1/3, scontrol requeue", text)
+    assert "attempt 2 (crash retries used 1/3)" in text
+    starts = [m.group(1) for m in re.finditer(_START_RE, text)]
+    ckpts = _run_dir(tmp_path, job) / "checkpoints"
+    assert starts == ["none: fresh start", f"{ckpts / 'step=0000003.ckpt'} (step 3)"], starts
+    assert _load(ckpts / "last.ckpt")["global_step"] == 8
+    runs, client = _mlflow_runs(tmp_path)
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    history = client.get_metric_history(runs[0].info.run_id, "run/attempt")
+    assert sorted((m.step, m.value) for m in history) == [(0, 1.0), (3, 2.0)]
+    assert runs[0].data.tags["salt.attempt"] == "2"
+
+    # a new job into that run folder (a reused --run_name / job id): refused, never retried
+    again = _submit(tmp_path, shards, 8, 3, f"--run_name=teacher-{job}")
+    log2 = tmp_path / f"slurm-{again}.out"
+    _wait("refusal", lambda: _ended(again), again, log2, timeout=120)
+    text2 = log2.read_text()
+    assert "already holds checkpoints" in text2 and "--ckpt_path auto" in text2
+    assert "usage error (exit 2); not retrying" in text2
+    state, exit_code, restarts = _state(again)
+    assert state in ("FAILED", None) and restarts in ("0", None), _job(again)
+    if exit_code is not None:
+        assert exit_code.startswith("2:")
+    assert _load(ckpts / "last.ckpt")["global_step"] == 8  # the run is untouched
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_hanging_rank_is_reported_and_retries_are_bounded(tmp_path: Path, shards: str) -> None:
+    """Rank 1 stops in the middle of step 4 on every attempt: its watchdog ends it after
+    --hang_timeout (exit 124) naming the rank, phase and step; the job is retried once
+    (SALT_MAX_RETRIES=1) and then ends FAILED instead of hanging to its time limit."""
+    job = _submit(
+        tmp_path, shards, 8, 3, "--hang_timeout=8",
+        *_fault("HangAt", step=4, ranks=[1], attempts=[]),
+        env_extra={"SALT_MAX_RETRIES": "1"},
+    )  # fmt: skip
+    log = tmp_path / f"slurm-{job}.out"
+    _wait("restart count 1", lambda: _job(job).get("Restarts") == "1", job, log)
+    _release(job, log)
+    _wait("the job to fail", lambda: _job(job).get("JobState") == "FAILED", job, log, 200)
+    text = log.read_text()
+    reports = re.findall(r"\[salt\.watchdog\] rank 1/2 .*", text)
+    assert len(reports) == 2, text[-6000:]
+    assert all("phase 'forward (training_step)' at step 4" in r for r in reports), reports
+    assert re.search(r"attempt 1 failed \(exit 124\): crash retry 1/1", text)
+    assert "attempt 2 failed (exit 124); all 1 crash retries used: the job ends FAILED" in text
+    starts = [m.group(1) for m in re.finditer(_START_RE, text)]
+    assert starts[1].endswith("step=0000003.ckpt (step 3)"), starts  # the retry resumed
+    assert _state(job)[1] == "124:0"
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_signal_during_a_save_loses_nothing(tmp_path: Path, shards: str) -> None:
+    """SIGUSR1 (the time-limit warning) arrives while step 3's checkpoint is being written: the
+    save completes, the next step end checkpoints step=4-requeue and requeues; the restart resumes
+    exactly there."""
+    job = _submit(tmp_path, shards, 7, 3, *_fault("SignalDuringSave", step=3))
+    log = tmp_path / f"slurm-{job}.out"
+    _wait("restart count 1", lambda: _job(job).get("Restarts") == "1", job, log)
+    _release(job, log)
+    _wait("completion", lambda: "step finished" in log.read_text() and _finished(job), job, log)
+    text = log.read_text()
+    ckpts = _run_dir(tmp_path, job) / "checkpoints"
+    assert text.count("SIGUSR1 during a checkpoint save at step 3") == 2  # both ranks
+    assert f"signal 10: saved {ckpts / 'step=0000004-requeue.ckpt'}" in text
+    assert _load(ckpts / "step=0000003.ckpt")["global_step"] == 3  # the save it interrupted
+    starts = [m.group(1) for m in re.finditer(_START_RE, text)]
+    assert starts[1] == f"{ckpts / 'step=0000004-requeue.ckpt'} (step 4)", starts
+    assert "crash retry" not in text
+    assert _load(ckpts / "last.ckpt")["global_step"] == 7
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_failed_requeue_fails_the_job(tmp_path: Path, shards: str) -> None:
+    """`--no-requeue`: the real `scontrol requeue` refuses. The checkpoint is written, the job
+    ends FAILED (exit 3), so `--dependency=afterok` jobs never start on a half-trained model."""
+    job = _submit(
+        tmp_path, shards, 40, 3, *_fault("SignalDuringSave", step=3), sbatch=("--no-requeue",)
+    )
+    log = tmp_path / f"slurm-{job}.out"
+    _wait("the job to end", lambda: _ended(job), job, log, 200)
+    text = log.read_text()
+    ckpts = _run_dir(tmp_path, job) / "checkpoints"
+    assert (ckpts / "step=0000004-requeue.ckpt").is_file()
+    assert f"[salt.requeue] scontrol requeue {job} failed after 3 tries" in text, text[-4000:]
+    assert "the requeue failed (failed: exit" in text and "not retrying" in text
+    state, exit_code, restarts = _state(job)
+    assert state in ("FAILED", None) and restarts in ("0", None), _job(job)
+    if exit_code is not None:
+        assert exit_code == "3:0", exit_code

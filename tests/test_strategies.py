@@ -233,7 +233,9 @@ def test_ddp_and_fsdp_two_process_gloo(tmp_path: Path) -> None:
 def test_fsdp_salt_fit_student_sharded_checkpoint_exports(tmp_path: Path, shards: str) -> None:  # noqa: F811
     """The real stage-2 module under `salt fit -c configs/strategy/fsdp.yaml` on 2 gloo ranks:
     encoder and predictor sharded, the frozen teacher replicated, sharded checkpoint folders
-    written atomically, and the exported encoder loads strictly."""
+    written atomically (`last.ckpt` a symlink to the newest, `meta.pt` weights_only-safe), the
+    exported encoder loads strictly, and a LiveProbe runs with every rank joining the sharded
+    encoder's forwards (on rank 0 alone it deadlocked in the first parameter all-gather)."""
     from salt.encoder_io import load_encoder
     from salt.strategies import export_sharded_encoder
 
@@ -248,17 +250,33 @@ def test_fsdp_salt_fit_student_sharded_checkpoint_exports(tmp_path: Path, shards
         "--model.init_args.warmup_steps=1", f"--data.train_shards={shards}", "--data.crop_size=32",
         "--data.frames_per_clip=8", "--data.batch_size=2", "--data.num_workers=0",
         "--trainer.max_steps=3", "--checkpoint_every=2", f"--trainer.default_root_dir={tmp_path}",
-        "--run_name=fsdp", "--trainer.enable_progress_bar=false", "--tracking=false",
+        "--run_name=fsdp", "--trainer.enable_progress_bar=false", "--hang_timeout=60",
+        "--trainer.callbacks+=salt.probes.callback.LiveProbe",
+        f"--trainer.callbacks.train_shards={shards}", "--trainer.callbacks.num_classes=4",
+        "--trainer.callbacks.every_n_steps=2", "--trainer.callbacks.max_samples=8",
+        "--trainer.callbacks.frame_step=2", "--trainer.callbacks.epochs=2",
+        "--trainer.callbacks.batch_size=4",
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=400, env=env)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-6000:]
     assert "FSDP2: 4 block units, roots ['encoder', 'predictor'], frozen (replicated) []" in out
     ckpts = tmp_path / "salt-demo" / "fsdp" / "checkpoints"
     names = sorted(p.name for p in ckpts.iterdir())
-    assert names == ["last.ckpt", "step=0000002.ckpt"], names  # no temp folders left behind
-    assert (ckpts / "last.ckpt").is_dir() and (ckpts / "last.ckpt" / "meta.pt").is_file()
+    # no temp folders left behind; the end of training saved step 3 and last.ckpt points at it
+    assert names == ["last.ckpt", "step=0000002.ckpt", "step=0000003.ckpt"], names
+    assert (ckpts / "last.ckpt").is_symlink() and os.readlink(ckpts / "last.ckpt") == names[2]
+    assert (ckpts / "last.ckpt" / "meta.pt").is_file()
+    meta_pt = ckpts / "step=0000003.ckpt" / "meta.pt"
+    assert torch.serialization.get_unsafe_globals_in_checkpoint(meta_pt) == []
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = client.search_runs([client.get_experiment_by_name("salt-demo").experiment_id])[0]
+    probe = client.get_metric_history(run.info.run_id, "probe/live_top1")
+    assert [m.step for m in probe] == [2] and 0.0 <= probe[0].value <= 1.0
 
     enc_file = export_sharded_encoder(ckpts / "last.ckpt", tmp_path / "student.safetensors")
     encoder, meta = load_encoder(enc_file)  # strict: every key present, none extra

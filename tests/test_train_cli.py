@@ -213,10 +213,10 @@ def test_select_registers_the_checkpoint_and_survives_moving_runs(
 def test_refuses_to_overwrite_a_run(teacher_run: Path, shards: str, capsys) -> None:  # noqa: F811
     ckpts = teacher_run / "cli" / "teacher" / "checkpoints"
     before = {p.name: p.stat().st_mtime_ns for p in ckpts.iterdir()}
-    assert main(fit_args("teacher", teacher_run, shards)) == 2
+    assert main(fit_args("teacher", teacher_run, shards)) == 2  # usage error: never retried
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("salt: error: run folder ")
-    assert "already holds checkpoints of another run; resume it with --ckpt_path" in err[0]
+    assert len(err) == 1 and err[0].startswith("salt: error: run folder "), err
+    assert "already holds checkpoints" in err[0] and "--ckpt_path auto" in err[0], err
     assert {p.name: p.stat().st_mtime_ns for p in ckpts.iterdir()} == before
 
 

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 from train_helpers import Recorder, datamodule, module_kwargs, one_thread, shards, trainer  # noqa: F401
@@ -107,3 +108,74 @@ def test_kill_during_save_keeps_previous_checkpoint(tmp_path: Path) -> None:
         assert torch.equal(loaded["state_dict"]["w"], good["state_dict"]["w"])
     else:
         assert len(loaded["state_dict"]) == 16
+
+
+class ScheduleProbe(pl.Callback):
+    """Per optimizer step: the lr used and the EMA momentum the step really applied, measured
+    from the weights (teacher_after − s = m · (teacher_before − s), s = student after the step)."""
+
+    def __init__(self) -> None:
+        self.lr: dict[int, float] = {}
+        self.wd: dict[int, float] = {}
+        self.momentum: dict[int, float] = {}
+        self._before: torch.Tensor | None = None
+
+    @staticmethod
+    def _flat(module: torch.nn.Module) -> torch.Tensor:
+        return torch.cat([p.detach().double().flatten() for p in module.parameters()])
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        groups = trainer.optimizers[0].param_groups
+        self.lr[trainer.global_step] = groups[0]["lr"]
+        self.wd[trainer.global_step] = next(g for g in groups if g.get("apply_wd", True))[
+            "weight_decay"
+        ]
+        self._before = self._flat(pl_module.teacher.encoder)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        student, after = self._flat(pl_module.encoder), self._flat(pl_module.teacher.encoder)
+        d_before, d_after = self._before - student, after - student
+        m = float(d_after @ d_before / (d_before @ d_before))
+        self.momentum[trainer.global_step - 1] = m
+
+
+@pytest.mark.slow
+def test_longer_resume_rederives_lr_and_ema_together(shards: str, tmp_path: Path) -> None:  # noqa: F811
+    """Train 40 steps, resume the run to 80: from step 40 on, lr, weight decay and the EMA
+    momentum all follow the 80-step schedules (the landed code kept lr at final_lr)."""
+    from salt.schedules import cosine, linear, warmup_cosine
+    from salt.student import StudentModule
+
+    kw = module_kwargs(
+        "student", teacher="ema", ema_momentum=0.5, ema_final_momentum=1.0, warmup_steps=4
+    )
+    first = ScheduleProbe()
+    t = trainer(tmp_path, 40, callbacks=[first])
+    t.fit(StudentModule(**kw), datamodule=datamodule(shards, batch_size=2))
+    ckpt = tmp_path / "step40.ckpt"
+    t.save_checkpoint(ckpt)
+
+    second = ScheduleProbe()
+    t2 = trainer(tmp_path, 80, callbacks=[second])
+    t2.fit(StudentModule(**kw), datamodule=datamodule(shards, batch_size=2), ckpt_path=str(ckpt))
+    lrs = (kw["start_lr"], kw["lr"], kw["final_lr"])
+    # the first run followed its own 40-step schedules (the momentum of step s is m(s))
+    assert [first.lr[s] for s in range(40)] == pytest.approx(
+        [warmup_cosine(s, 40, 4, *lrs) for s in range(40)], rel=1e-9
+    )
+    assert [first.momentum[s] for s in range(1, 40)] == pytest.approx(
+        [linear(s, 40, 0.5, 1.0) for s in range(1, 40)], abs=2e-3
+    )
+    # after the resume both follow the 80-step ones (the 40-step ones are final_lr and 1.0 here)
+    assert sorted(second.lr) == list(range(40, 80))
+    assert [second.lr[s] for s in range(40, 80)] == pytest.approx(
+        [warmup_cosine(s, 80, 4, *lrs) for s in range(40, 80)], rel=1e-9
+    )
+    assert second.lr[40] > 10 * kw["final_lr"]
+    assert [second.momentum[s] for s in range(40, 80)] == pytest.approx(
+        [linear(s, 80, 0.5, 1.0) for s in range(40, 80)], abs=2e-3
+    )
+    wds = (0.04, 0.4)  # StudentModule defaults
+    assert [second.wd[s] for s in range(40, 80)] == pytest.approx(
+        [cosine(s, 80, *wds) for s in range(40, 80)], rel=1e-9
+    )

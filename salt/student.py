@@ -1,53 +1,39 @@
-"""Stage 2 of SALT: a student ViT regresses a frozen teacher's latents (SPEC.md stage 2).
+"""Stage 2 of SALT: a student ViT regresses a frozen teacher's latents.
 
 The teacher (a stage-1 checkpoint or an exported ``.safetensors``, loaded strictly through
 ``salt.encoder_io``) runs once per clip on all tokens, without grad (bf16 under the Trainer's
 autocast); its last layer (or ``target_layer``) goes through a parameter-free LayerNorm; one batched
 gather picks each mask config's targets. The student encodes context tokens only; a narrow
 predictor (12 × 384) maps them to the target positions at the *teacher's* width; L1, averaged over
-the two mask configs. ``teacher_mode="ema"`` (or ``teacher: ema``) is the V-JEPA baseline instead:
-the teacher is an EMA copy of the student (momentum 0.99925 constant, or linear to a final value).
+the two mask configs. The parts and the step are ``salt.latent.LatentTargetModule``'s, shared with
+the V-JEPA EMA baseline (``salt.ema.EMAModule``, its own module).
 
-How the teacher stays frozen — and out of DDP/FSDP: it is held in a plain Python list
-(``self._teacher``), so it is *not* a submodule. It is therefore absent from ``parameters()``,
-``state_dict()``, every optimizer group, and from whatever module tree a strategy wraps or shards;
-the module moves it to the batch's device itself. It has ``requires_grad=False`` and sits in a
-``FrozenTeacher`` whose ``train()`` always means ``eval()``. A checkpoint records the teacher's
-path and sha256 (not its weights) and resuming verifies the hash; the EMA teacher *is* trainable
-state, so its weights go into the checkpoint under ``"salt_ema_teacher"``. A sharding strategy
-should shard only ``encoder`` and ``predictor`` and place the teacher itself (it is only read).
+The teacher is held outside the module tree (``salt.latent``): absent from ``parameters()``,
+``state_dict()``, every optimizer group and every DDP/FSDP wrap; ``requires_grad=False``, always
+in eval mode. A checkpoint records the teacher's path and sha256 (not its weights) and resuming
+verifies the hash. A sharding strategy should shard only ``encoder`` and ``predictor`` and place
+the teacher itself (it is only read).
 """
 
 from __future__ import annotations
 
-import copy
 import math
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
-from torch import nn
-
 from salt.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from salt.encoder_io import file_sha256, load_encoder
-from salt.models import Predictor, VideoViT, create_encoder
-from salt.module_base import SaltModule
-from salt.schedules import ema_momentum
-from salt.step import gather_mask_targets, latent_loss, latent_targets
+from salt.errors import UsageError
+from salt.latent import FrozenTeacher, LatentTargetModule
+from salt.models import VideoViT
 
-EMA_STATE_KEY = "salt_ema_teacher"
+__all__ = ["FrozenTeacher", "StudentModule", "teacher_mismatches"]
 
-
-class FrozenTeacher(nn.Module):
-    """Holds the teacher encoder: no gradients, and ``train()`` always leaves it in eval mode."""
-
-    def __init__(self, encoder: VideoViT) -> None:
-        super().__init__()
-        self.encoder = encoder.requires_grad_(False)
-        super().train(False)
-
-    def train(self, mode: bool = True) -> FrozenTeacher:
-        return super().train(False)
+EMA_MOVED = (
+    "the V-JEPA EMA baseline is its own module now: set model.class_path to salt.ema.EMAModule "
+    "(configs/ema/vitl16.yaml) and drop model.teacher / model.teacher_mode; its ema_momentum, "
+    "ema_final_momentum and predictor settings keep their names"
+)
 
 
 def teacher_mismatches(teacher: VideoViT, meta: dict, student: StudentModule) -> list[str]:
@@ -70,7 +56,7 @@ def teacher_mismatches(teacher: VideoViT, meta: dict, student: StudentModule) ->
     return out
 
 
-class StudentModule(SaltModule):
+class StudentModule(LatentTargetModule):
     """Stage-2 LightningModule (``salt fit -c configs/student/vitl16.yaml --model.teacher T``).
 
     Args:
@@ -78,12 +64,9 @@ class StudentModule(SaltModule):
         encoder_kwargs: extra ``VideoViT`` arguments for the student.
         img_size: clip side in pixels (linked to ``data.crop_size``).
         num_frames: frames per clip (linked to ``data.frames_per_clip``).
-        teacher: stage-1 Lightning checkpoint or exported ``.safetensors``; ``"ema"`` is shorthand
-            for ``teacher_mode="ema"``.
-        teacher_mode: ``"frozen"`` (SALT) or ``"ema"`` (V-JEPA baseline: EMA copy of the student).
-        ema_momentum: EMA momentum (constant; the start value if ``ema_final_momentum`` is set).
-        ema_final_momentum: None for a constant momentum (V-JEPA 2), else linear to this (V-JEPA 1:
-            0.998 → 1.0).
+        teacher: stage-1 Lightning checkpoint or exported ``.safetensors``.
+        teacher_mode: ``"frozen"`` (the only mode; ``"ema"`` is an error naming
+            ``salt.ema.EMAModule``, where the V-JEPA baseline lives).
         target_layer: teacher block whose output is the target (-1: the final, normed output).
         predictor_dim: predictor width (384).
         predictor_depth: predictor blocks (12).
@@ -106,8 +89,6 @@ class StudentModule(SaltModule):
         num_frames: int = 16,
         teacher: str | None = None,
         teacher_mode: Literal["frozen", "ema"] = "frozen",
-        ema_momentum: float = 0.99925,
-        ema_final_momentum: float | None = None,
         target_layer: int = -1,
         predictor_dim: int = 384,
         predictor_depth: int = 12,
@@ -131,6 +112,10 @@ class StudentModule(SaltModule):
         health_every: int = 100,
         max_nonfinite: int = 20,
     ) -> None:
+        if teacher == "ema" or teacher_mode == "ema":
+            raise UsageError(EMA_MOVED)
+        if teacher_mode != "frozen":
+            raise UsageError(f"teacher_mode must be 'frozen', got {teacher_mode!r}")
         super().__init__(
             img_size=img_size,
             num_frames=num_frames,
@@ -151,56 +136,19 @@ class StudentModule(SaltModule):
             max_nonfinite=max_nonfinite,
         )
         self.save_hyperparameters(logger=False)  # MLflow params come from the resolved config
-        if teacher == "ema":
-            teacher, teacher_mode = None, "ema"
         self.teacher_mode, self.loss_kind = teacher_mode, loss
-        self.ema = (ema_momentum, ema_final_momentum)
-        self.encoder = create_encoder(
-            encoder,
-            **{
-                **(encoder_kwargs or {}),
-                "img_size": img_size,
-                "num_frames": num_frames,
-                "act_checkpoint": act_checkpoint,
-            },
-        )
-        self.grid()  # fail now if the clip does not divide into tubelets × patches
+        self._build_encoder(encoder, encoder_kwargs, act_checkpoint)
         self.teacher_info = None
-        if teacher_mode == "frozen":
-            teacher_encoder = self._load_teacher(teacher)
-        elif teacher_mode == "ema":
-            if teacher is not None:
-                raise ValueError(
-                    "teacher_mode='ema' copies the student; do not also pass a teacher"
-                )
-            teacher_encoder = copy.deepcopy(self.encoder)
-        else:
-            raise ValueError(f"teacher_mode must be 'frozen' or 'ema', got {teacher_mode!r}")
-        depth = len(teacher_encoder.blocks)
-        if not -depth <= target_layer < depth:
-            raise ValueError(f"target_layer {target_layer} outside the teacher's {depth} blocks")
-        self.target_layer = target_layer
-        # A list, not an attribute nn.Module registers: see the module docstring.
-        self._teacher: list[FrozenTeacher] = [FrozenTeacher(teacher_encoder)]
-        self._total_steps: int | None = None
-        self.predictor = Predictor(
-            in_dim=self.encoder.embed_dim,
-            out_dim=teacher_encoder.embed_dim,
-            embed_dim=predictor_dim,
-            depth=predictor_depth,
-            num_heads=predictor_heads,
-            mlp_hidden_dim=predictor_mlp_hidden,
-            num_mask_tokens=len(self.build_mask_collator().generators),
-            pos_embed=self.encoder.pos_embed,
-            attn_backend=self.encoder.attn_backend,
-            act_checkpoint=act_checkpoint,
+        self._attach_target(self._load_teacher(teacher), target_layer)
+        self._build_predictor(
+            predictor_dim, predictor_depth, predictor_heads, predictor_mlp_hidden, act_checkpoint
         )
 
     def _load_teacher(self, path: str | None) -> VideoViT:
         if not path:
             raise ValueError(
                 "StudentModule needs a teacher: pass --model.teacher PATH (a stage-1 checkpoint "
-                "or an exported .safetensors), or teacher_mode='ema' for the V-JEPA baseline"
+                "or an exported .safetensors); the V-JEPA EMA baseline is salt.ema.EMAModule"
             )
         if not Path(path).is_file():
             raise FileNotFoundError(f"teacher checkpoint not found: {path} (--model.teacher)")
@@ -214,95 +162,20 @@ class StudentModule(SaltModule):
         self.teacher_info = {"path": str(Path(path).resolve()), "sha256": file_sha256(path)}
         return encoder
 
-    # ----------------------------------------------------------------- teacher access
-    @property
-    def teacher(self) -> FrozenTeacher:
-        """The frozen (or EMA) teacher; not a submodule of this module."""
-        return self._teacher[0]
-
-    def teacher_on(self, device: torch.device) -> FrozenTeacher:
-        """The teacher, moved to ``device`` first if needed (no host sync)."""
-        teacher = self._teacher[0]
-        if next(teacher.parameters()).device != device:
-            teacher.to(device)
-        return teacher
-
-    def compiled_modules(self) -> list[nn.Module]:
-        return [self.encoder, self.predictor, self.teacher.encoder]
-
-    def on_fit_start(self) -> None:
-        self.teacher_on(self.device)
-
-    # ----------------------------------------------------------------- the step
-    def training_loss(
-        self, batch: dict, health: bool = False
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """SALT loss of one batch: teacher targets once per clip, student on context only.
-
-        Args:
-            batch: ``{"video": uint8 [B, C, T, H, W], "masks": [(ctx, tgt), ...]}`` on the device.
-            health: also compute RankMe of student features and prediction / target std.
-        """
-        video = self.normalize(batch["video"])  # [B, C, T, H, W] float32
-        teacher = self.teacher_on(video.device)
-        targets = latent_targets(teacher.encoder, video, self.target_layer)  # [B, N, Dt]
-        per_mask = gather_mask_targets(targets, batch["masks"])  # [[B, nt_m, Dt], ...]
-        return latent_loss(
-            self.encoder,
-            self.predictor,
-            video,
-            batch["masks"],
-            per_mask,
-            loss=self.loss_kind,
-            health=health,
-        )
-
-    # ----------------------------------------------------------------- EMA baseline
-    def configure_optimizers(self, total_steps: int | None = None) -> dict:
-        out = super().configure_optimizers(total_steps)
-        self._total_steps = out["lr_scheduler"]["scheduler"].total_steps
-        return out
-
-    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
-        super().optimizer_step(*args, **kwargs)
-        if self.teacher_mode == "ema":
-            self.ema_update(self.global_step)
-
-    @torch.no_grad()
-    def ema_update(self, step: int) -> None:
-        """teacher ← m·teacher + (1 − m)·student, with m from the momentum schedule at ``step``."""
-        m = ema_momentum(step, self._total_steps or 1, *self.ema)
-        teacher = self.teacher_on(self.device)
-        t_params = list(teacher.encoder.parameters())
-        s_params = [p.detach() for p in self.encoder.parameters()]
-        torch._foreach_lerp_(t_params, s_params, 1.0 - m)
-
     # ----------------------------------------------------------------- checkpoints
     def tracking_tags(self) -> dict[str, str]:
         info = self.teacher_info or {}
         return {
             **super().tracking_tags(),
             "salt.teacher_mode": self.teacher_mode,
-            "salt.teacher_path": info.get("path", self.teacher_mode),
+            "salt.teacher_path": info.get("path", ""),
             "salt.teacher_sha256": info.get("sha256", ""),
         }
 
     def checkpoint_metadata(self) -> dict[str, Any]:
         return {**super().checkpoint_metadata(), "teacher": self.teacher_info}
 
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_save_checkpoint(checkpoint)
-        if self.teacher_mode == "ema":
-            checkpoint[EMA_STATE_KEY] = self.teacher.encoder.state_dict()
-
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if self.teacher_mode == "ema":
-            if EMA_STATE_KEY not in checkpoint:
-                raise ValueError(
-                    "checkpoint has no EMA teacher state (was it a frozen-teacher run?)"
-                )
-            self.teacher.encoder.load_state_dict(checkpoint[EMA_STATE_KEY], strict=True)
-            return
         saved = (checkpoint.get("salt") or {}).get("teacher") or {}
         if saved.get("sha256") and saved["sha256"] != self.teacher_info["sha256"]:
             raise ValueError(

@@ -38,6 +38,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--ckpt", required=True, help="Lightning .ckpt of either stage or exported .safetensors"
     )
+    p.add_argument(
+        "--which",
+        choices=["auto", "target", "online"],
+        default="auto",
+        help="encoder of an EMA-baseline checkpoint: its EMA 'target' (what V-JEPA evaluates; "
+        "'auto' picks it) or the 'online' one; other checkpoints have one encoder",
+    )
     p.add_argument("--train", required=True, help="labelled training shards (WebDataset spec)")
     p.add_argument("--val", required=True, help="labelled validation shards (WebDataset spec)")
     p.add_argument("--num-classes", type=int, required=True)
@@ -163,10 +170,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = _device(args.device)
-    encoder, meta = load_encoder(args.ckpt)
+    encoder, meta = load_encoder(args.ckpt, which=getattr(args, "which", "auto"))
     mean, std = meta.get("mean"), meta.get("std")
     ckpt = str(Path(args.ckpt).resolve())
     enc_id = file_sha256(ckpt) if cfg.feature_cache else None
+    if enc_id and meta.get("which") == "target":  # one file, two encoders: separate caches
+        enc_id += ":target"
     common = dict(mean=mean, std=std, device=device, log=lambda m: print(m, file=sys.stderr))
     res = evaluate_encoder(
         encoder, cfg, args.train, args.val, args.num_classes, encoder_id=enc_id, **common
@@ -183,6 +192,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {
         "checkpoint": ckpt,
         "stage": meta.get("stage"),
+        "which": meta.get("which"),
         "step": meta.get("step"),
         "train_loss": meta.get("train_loss"),
         "teacher_sha256": teacher.get("sha256"),

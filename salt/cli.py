@@ -16,7 +16,9 @@ MLflow run id, reused on resume). ``--ckpt_path <run>/checkpoints/last.ckpt`` wi
 is an error unless ``--ckpt_path`` resumes it. Default run names are ``<stage>-<Slurm job id>``
 (stable across requeues and identical on every rank), else ``<stage>-<timestamp>``.
 
-``salt export CKPT OUT.safetensors`` writes the encoder of a checkpoint (``salt.encoder_io``).
+``salt export CKPT OUT.safetensors [--which auto|target|online]`` writes the encoder of a checkpoint
+(``salt.encoder_io``; an EMA-baseline checkpoint gives its EMA target encoder unless ``--which
+online``).
 ``salt demo …`` hands over to ``salt.demo.main(argv)``.
 """
 
@@ -43,7 +45,8 @@ USAGE = """usage: salt {fit,export,demo} ...
 
   salt fit -c CONFIG [--model.teacher PATH] [--data.* ...] [--ckpt_path CKPT]
                                         train stage 1 (teacher) or stage 2 (student)
-  salt export CKPT OUT.safetensors      write a checkpoint's encoder + metadata
+  salt export CKPT OUT.safetensors [--which auto|target|online]
+                                        write a checkpoint's encoder + metadata
   salt demo [...]                       tiny end-to-end run on synthetic video (CPU)
 
 `salt fit --help` lists every option."""
@@ -265,16 +268,23 @@ def fit(argv: list[str]) -> SaltCLI:
 
 
 def export(argv: list[str]) -> Path:
-    """``salt export CKPT OUT.safetensors``."""
-    from salt.encoder_io import export_encoder
+    """``salt export CKPT OUT.safetensors [--which auto|target|online]``."""
+    from salt.encoder_io import WHICH, export_encoder
 
     parser = argparse.ArgumentParser(
         prog="salt export", description="write a checkpoint's encoder as safetensors"
     )
     parser.add_argument("ckpt", help="Lightning checkpoint of either stage")
     parser.add_argument("out", help="output .safetensors")
+    parser.add_argument(
+        "--which",
+        choices=WHICH,
+        default="auto",
+        help="EMA-baseline checkpoints hold two encoders: 'target' (the EMA one V-JEPA "
+        "evaluates; what 'auto' picks) or 'online'; other checkpoints have one (auto/online)",
+    )
     args = parser.parse_args(argv)
-    out = export_encoder(args.ckpt, args.out)
+    out = export_encoder(args.ckpt, args.out, which=args.which)
     print(f"wrote {out}")
     return out
 

@@ -5,6 +5,7 @@
 #   bash benchmarks/run_gpu.sh h100 [LIMIT_S] [extra step_throughput.py args]   # issue 7, 1 GPU
 #   bash benchmarks/run_gpu.sh x2   [LIMIT_S] [extra multi_gpu.py args]         # issue 6.6, 2 GPUs
 #   bash benchmarks/run_gpu.sh fit  [LIMIT_S] [extra fit_throughput.py args]    # salt fit, shipped config
+#   bash benchmarks/run_gpu.sh study [LIMIT_S] [extra experiments/claims/run.py args]  # the claims study
 #
 # LIMIT_S (default 580) is the whole call's wall-clock budget; give the device call a timeout a
 # little above it. Results land in $OUT (default /tmp/salt_out): env.txt, *.json, *_log.txt and
@@ -69,6 +70,11 @@ case "$MODE" in
     timeout "$BACKSTOP" $PY benchmarks/fit_throughput.py --json "$OUT/fit.json" \
       --deadline "$DEADLINE" "$@" 2>&1 | tee "$OUT/fit_log.txt"
     ;;
-  *) echo "unknown mode $MODE (h100 | x2 | fit)"; exit 2 ;;
+  study)
+    # results.json, table.md and the two plots land in $OUT; checkpoints stay in /tmp
+    timeout "$BACKSTOP" $PY experiments/claims/run.py --out "$OUT" --workdir /tmp/salt_claims \
+      --deadline "$DEADLINE" "$@" 2>&1 | tee "$OUT/study_log.txt"
+    ;;
+  *) echo "unknown mode $MODE (h100 | x2 | fit | study)"; exit 2 ;;
 esac
 echo "run_gpu.sh done in $(( $(date +%s) - START ))s"

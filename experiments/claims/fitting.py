@@ -13,6 +13,7 @@ bypassed: at this size it would cost more than the models.
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -152,6 +153,8 @@ def fit(
     log_every = log_every or min(25, max(1, steps // 20))  # ≥ 20 points of every curve
     every = max(1, steps // max(checkpoints, 1))
     ckpt_dir = Path(run_dir) / "checkpoints"
+    if ckpt_dir.exists():  # a previous study in the same workdir: its files are not this run's
+        shutil.rmtree(ckpt_dir)
     saver = ModelCheckpoint(
         dirpath=ckpt_dir, filename="{step:07d}", every_n_train_steps=every, save_top_k=-1,
         save_weights_only=True, save_last=False, save_on_train_epoch_end=False,

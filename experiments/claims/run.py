@@ -310,9 +310,12 @@ def main(argv: list[str] | None = None) -> dict:
         runs: dict[str, dict] = {}
         results["runs"] = runs
         _schedule(specs, cfg, runs, executor, deadline, log, save, results)
-        meta["finished"] = all(
-            r.get("status") in ("done", "error", "skipped") for r in runs.values()
-        )
+        meta["finished"] = all(r.get("status") == "done" for r in runs.values())
+    except Exception as e:  # e.g. a worker died: keep and report what finished
+        import traceback
+
+        meta["error"] = f"{type(e).__name__}: {e}"
+        log(f"study stopped early: {meta['error']}\n{traceback.format_exc()[-2000:]}")
     finally:
         executor.stop()
     doc = save()
@@ -351,7 +354,10 @@ def _schedule(specs, cfg, runs, executor, deadline, log, save, state) -> None:
                                       "error": "a run it needs failed or was skipped"}  # fmt: skip
                 continue
             log(f"start {spec['name']}" + (f" ({spec['steps']} steps)" if "steps" in spec else ""))
-            running[executor.submit(jobs.run_job, full)] = spec["name"]
+            try:
+                running[executor.submit(jobs.run_job, full)] = spec["name"]
+            except Exception as e:  # a broken pool: this run cannot start
+                runs[spec["name"]] = {"name": spec["name"], "status": "error", "error": repr(e)}
         if not running:
             if started:
                 continue  # runs were skipped: look again at what waited on them
@@ -362,7 +368,11 @@ def _schedule(specs, cfg, runs, executor, deadline, log, save, state) -> None:
             break
         for f in done:
             name = running.pop(f)
-            runs[name] = r = f.result()
+            try:
+                r = f.result()
+            except Exception as e:  # the worker process died (run_job itself never raises)
+                r = {"name": name, "status": "error", "error": f"worker died: {e!r}"}
+            runs[name] = r
             probes = r.get("probes") or [{}]
             tops = {k: probes[-1][k]["top1"] for k in ("attentive", "linear") if k in probes[-1]}
             log(f"{r['status']} {name} in {r.get('job_wall_s')} s"
@@ -382,4 +392,4 @@ def _schedule(specs, cfg, runs, executor, deadline, log, save, state) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(1 if main()["meta"].get("error") else 0)

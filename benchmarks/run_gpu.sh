@@ -15,6 +15,7 @@
 #   python benchmarks/peers/vjepa2_step.py --vjepa2 CHECKOUT --stage-to .peers/vjepa2
 # and carried); without them its rows are left out. FP8 rows use torchao when its wheel is in
 # wheels/ (else salt's torch._scaled_mm fallback).
+#   bash benchmarks/run_gpu.sh study [LIMIT_S] [extra experiments/claims/run.py args]  # the claims study
 #
 # LIMIT_S (default 580) is the whole call's wall-clock budget; give the device call a timeout a
 # little above it. Results land in $OUT (default /tmp/salt_out): env.txt, *.json, *_log.txt and
@@ -115,6 +116,11 @@ case "$MODE" in
       --workdir /tmp --deadline "$DEADLINE" "${VJARG[@]}" "$@" 2>&1 | tee "$OUT/${MODE}_log.txt"
     cp /tmp/salt_bench/profile_student_compile.txt "$OUT/" 2>/dev/null
     ;;
-  *) echo "unknown mode $MODE (h100 | x2 | fit | probe | probe2 | perf | explore)"; exit 2 ;;
+  study)
+    # results.json, table.md and the two plots land in $OUT; checkpoints stay in /tmp
+    timeout "$BACKSTOP" $PY experiments/claims/run.py --out "$OUT" --workdir /tmp/salt_claims \
+      --deadline "$DEADLINE" "$@" 2>&1 | tee "$OUT/study_log.txt"
+    ;;
+  *) echo "unknown mode $MODE (h100 | x2 | fit | probe | probe2 | perf | explore | study)"; exit 2 ;;
 esac
 echo "run_gpu.sh done in $(( $(date +%s) - START ))s"

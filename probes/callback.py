@@ -60,6 +60,9 @@ class LiveProbe(pl.Callback):
         at_start: also probe before the first step.
         num_workers: loader workers for the one-time decode.
         encoder_attr: attribute of the LightningModule holding the encoder.
+        which: ``"auto"`` probes a module's EMA ``target_encoder`` when it has one (the V-JEPA
+            baseline, ``salt.ema.EMAModule``; what V-JEPA evaluates), else ``encoder_attr``;
+            ``"online"`` always ``encoder_attr``; ``"target"`` requires the target encoder.
     """
 
     def __init__(
@@ -84,8 +87,12 @@ class LiveProbe(pl.Callback):
         at_start: bool = False,
         num_workers: int = 0,
         encoder_attr: str = "encoder",
+        which: str = "auto",
     ):
         super().__init__()
+        if which not in ("auto", "target", "online"):
+            raise ValueError(f"which must be 'auto', 'target' or 'online', got {which!r}")
+        self.which = which
         if every_n_steps < 1:
             raise ValueError(f"every_n_steps must be >= 1, got {every_n_steps}")
         self.train_shards, self.val_shards, self.num_classes = train_shards, val_shards, num_classes
@@ -193,7 +200,7 @@ class LiveProbe(pl.Callback):
             self._data = {"train": self._load(self.train_shards, pl_module)}
             if self.val_shards:
                 self._data["val"] = self._load(self.val_shards, pl_module)
-        encoder = getattr(pl_module, self.encoder_attr)
+        encoder = self._encoder(pl_module)
         device = pl_module.device
         devices = [device.index or 0] if device.type == "cuda" else []
         was_training = encoder.training
@@ -218,6 +225,14 @@ class LiveProbe(pl.Callback):
         self._features(encoder, self._data["train"][0], pl_module, keep=False)
         if "val" in self._data:
             self._features(encoder, self._data["val"][0], pl_module, keep=False)
+
+    def _encoder(self, pl_module: pl.LightningModule) -> torch.nn.Module:
+        target = getattr(pl_module, "target_encoder", None) if self.which != "online" else None
+        if target is None and self.which == "target":
+            raise ValueError(
+                f"LiveProbe(which='target'): {type(pl_module).__name__} has no EMA target encoder"
+            )
+        return target if target is not None else getattr(pl_module, self.encoder_attr)
 
     def _fit_and_score(
         self, encoder: torch.nn.Module, pl_module: pl.LightningModule, device: torch.device

@@ -69,6 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--ckpt", required=True, help="Lightning .ckpt of either stage or exported .safetensors"
     )
+    p.add_argument(
+        "--which",
+        choices=["auto", "target", "online"],
+        default="auto",
+        help="encoder of an EMA-baseline checkpoint: its EMA 'target' (what V-JEPA evaluates; "
+        "'auto' picks it) or the 'online' one; other checkpoints have one encoder",
+    )
     p.add_argument("--train", required=True, help="labelled training split (shards or .csv)")
     p.add_argument("--val", required=True, help="labelled validation split (shards or .csv)")
     p.add_argument("--num-classes", type=int, required=True)
@@ -229,15 +236,18 @@ def _run(args, cfg, dist, file_sha256, load_encoder) -> dict[str, Any]:
     from salt.probes.state import Interrupted, StateStore
 
     log = (lambda m: print(m, file=sys.stderr, flush=True)) if dist.is_main else (lambda m: None)
-    encoder, meta = load_encoder(args.ckpt)
+    encoder, meta = load_encoder(args.ckpt, which=getattr(args, "which", "auto"))
     mean, std = meta.get("mean"), meta.get("std")
     ckpt = str(Path(args.ckpt).resolve())
     enc_id = file_sha256(ckpt) if cfg.feature_cache else None
+    target = meta.get("which") == "target"  # one file, two encoders: separate caches and state
+    if enc_id and target:
+        enc_id += ":target"
     from salt.probes.protocol import resolve_mode
 
     resolved = ProbeConfig(**{**cfg.to_dict(), "mode": resolve_mode(cfg, dist.device)})
     tag = protocol_tag(resolved, args.config, args.num_classes, args.train, args.val)
-    run_key = f"{tag}-{checkpoint_identity(ckpt)}"
+    run_key = f"{tag}-{checkpoint_identity(ckpt)}" + ("-target" if target else "")
     state_dir = Path(
         args.state_dir or Path(ckpt).parent / "probe-state" / f"{Path(ckpt).stem}-{run_key}"
     )
@@ -280,7 +290,8 @@ def _run(args, cfg, dist, file_sha256, load_encoder) -> dict[str, Any]:
             tracking.client(ml.uri).set_terminated(ml.run_id, "FAILED")
         raise
     out: dict[str, Any] = {
-        "checkpoint": ckpt, "stage": meta.get("stage"), "step": meta.get("step"),
+        "checkpoint": ckpt, "stage": meta.get("stage"), "which": meta.get("which"),
+        "step": meta.get("step"),
         "train_loss": meta.get("train_loss"), "teacher_sha256": teacher.get("sha256"),
         "pretrain_run_id": meta.get("mlflow_run_id"), "num_classes": args.num_classes,
         "task": task, "protocol": tag, **res.summary(), "config": cfg.to_dict(),

@@ -8,7 +8,9 @@ subcommand = one entry here + its module. Every subcommand's ``UsageError`` beco
 stderr and exit status 2 (``salt.errors.cli_entry``).
 
 - ``salt fit -c CONFIG …``: ``salt.fit_cli`` (LightningCLI for both stages; run folder, tracking).
-- ``salt export CKPT OUT.safetensors``: the encoder of a checkpoint (``salt.encoder_io``).
+- ``salt export CKPT OUT.safetensors [--which auto|target|online]``: the encoder of a checkpoint
+  (``salt.encoder_io``; an EMA-baseline checkpoint gives its EMA target encoder unless ``--which
+  online``).
 - ``salt demo …``: ``salt.demo.main(argv)``.
 
 ``SaltCLI``, ``fit``, ``default_run_name`` and the other names that used to live here are still
@@ -60,7 +62,7 @@ COMMANDS: dict[str, Command] = {
     ),
     "export": Command(
         "salt.cli:export",
-        "salt export CKPT OUT.safetensors",
+        "salt export CKPT OUT.safetensors [--which auto|target|online]",
         "write a checkpoint's encoder + metadata",
     ),
     "demo": Command(
@@ -86,18 +88,25 @@ def usage() -> str:
 
 
 def export(argv: list[str]) -> Path:
-    """``salt export CKPT OUT.safetensors``."""
+    """``salt export CKPT OUT.safetensors [--which auto|target|online]``."""
     parser = argparse.ArgumentParser(
         prog="salt export", description="write a checkpoint's encoder as safetensors"
     )
     parser.add_argument("ckpt", help="Lightning checkpoint of either stage")
     parser.add_argument("out", help="output .safetensors")
+    parser.add_argument(
+        "--which",
+        choices=("auto", "target", "online"),
+        default="auto",
+        help="EMA-baseline checkpoints hold two encoders: 'target' (the EMA one V-JEPA "
+        "evaluates; what 'auto' picks) or 'online'; other checkpoints have one (auto/online)",
+    )
     args = parser.parse_args(argv)
     from salt.encoder_io import export_encoder
 
     if not Path(args.ckpt).exists():
         raise UsageError(f"checkpoint not found: {args.ckpt}")
-    out = export_encoder(args.ckpt, args.out)
+    out = export_encoder(args.ckpt, args.out, which=args.which)
     print(f"wrote {out}")
     return out
 

@@ -8,7 +8,12 @@ Two formats carry an encoder:
 
 Metadata (docs/architecture.md): ``stage``, ``encoder_config`` (every ``VideoViT`` kwarg),
 ``encoder_prefix``, ``rope_convention``, ``mean``, ``std``, ``step``, ``train_loss``, ``teacher``,
-``mlflow_run_id``. Loading is strict — unknown architecture keys, a different RoPE convention,
+``mlflow_run_id`` (+ ``which`` once loaded or exported: ``"target"`` or ``"online"``). A checkpoint
+of the V-JEPA EMA baseline (``salt.ema.EMAModule``) holds two encoders: the trained (online) one
+under the prefix and the EMA *target* encoder under ``ckpt["salt_ema_teacher"]``
+(``EMA_STATE_KEY``, no prefix). ``which="auto"`` (the default everywhere) reads the target
+encoder of such a checkpoint, as V-JEPA evaluates it, and the only encoder of any other;
+``"online"`` / ``"target"`` ask for one explicitly. Loading is strict — unknown architecture keys, a different RoPE convention,
 missing, unexpected or mis-shaped weights are errors that name the file and the problem; nothing
 is loaded with ``strict=False`` (a pitfall of the peers, SPEC.md). Checkpoints are read with
 ``weights_only=True`` and memory-mapped, so only the encoder's bytes are touched.
@@ -29,6 +34,9 @@ from salt.checkpointing import atomic_path
 from salt.models import ROPE_CONVENTION, VideoViT
 
 ENCODER_PREFIX = "encoder."
+# Where an EMA-baseline checkpoint keeps its target encoder's state dict (no prefix).
+EMA_STATE_KEY = "salt_ema_teacher"
+WHICH = ("auto", "target", "online")
 META_KEYS = ("stage", "encoder_config", "rope_convention", "mean", "std")
 # Constructor arguments that change how the encoder runs, never what its weights mean.
 RUNTIME_KEYS = ("attn_backend", "act_checkpoint")
@@ -47,13 +55,26 @@ def _is_safetensors(path: Path) -> bool:
     return path.suffix == ".safetensors"
 
 
-def read_encoder_state(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def _check_which(which: str) -> None:
+    if which not in WHICH:
+        raise ValueError(f"which must be one of {WHICH}, got {which!r}")
+
+
+def read_encoder_state(
+    path: str | os.PathLike, which: str = "auto"
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Encoder weights (no prefix) and the ``salt`` metadata of a checkpoint or exported file.
+
+    Args:
+        path: a ``salt fit`` checkpoint or a ``salt export`` file.
+        which: ``"auto"``, ``"target"`` (the EMA target encoder) or ``"online"`` (the trained
+            encoder); see the module docstring. ``meta["which"]`` says what was read.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ValueError: the file carries no salt metadata or is incomplete.
+        ValueError: the file carries no salt metadata, is incomplete, or lacks the asked encoder.
     """
+    _check_which(which)
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"encoder file not found: {path}")
@@ -68,6 +89,13 @@ def read_encoder_state(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor]
                 )
             meta = json.loads(raw)
             state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open API
+        held = meta.get("which", "online")
+        if which != "auto" and which != held:
+            raise ValueError(
+                f"{path}: this export holds the {held} encoder, not the {which} one; export it "
+                f"again from the checkpoint with `salt export --which {which}`"
+            )
+        meta["which"] = held
     else:
         try:
             ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -79,10 +107,22 @@ def read_encoder_state(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor]
                 "train it with `salt fit` or pass an exported .safetensors)"
             )
         meta = dict(ckpt["salt"])
-        prefix = meta.get("encoder_prefix", ENCODER_PREFIX)
-        state = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
-        if not state:
-            raise ValueError(f"{path}: no weights under prefix {prefix!r} in state_dict")
+        has_target = EMA_STATE_KEY in ckpt
+        if which == "target" and not has_target:
+            raise ValueError(
+                f"{path}: --which target: this {meta.get('stage', '?')} checkpoint has no EMA "
+                "target encoder (only EMA-baseline checkpoints do); use --which auto or online"
+            )
+        if has_target and which != "online":
+            state, meta["which"] = dict(ckpt[EMA_STATE_KEY]), "target"
+        else:
+            prefix = meta.get("encoder_prefix", ENCODER_PREFIX)
+            state = {
+                k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)
+            }
+            meta["which"] = "online"
+            if not state:
+                raise ValueError(f"{path}: no weights under prefix {prefix!r} in state_dict")
     missing = [k for k in META_KEYS if k not in meta]
     if missing:
         raise ValueError(f"{path}: salt metadata lacks {missing}")
@@ -135,27 +175,33 @@ def load_state_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], s
     module.load_state_dict(state, strict=True)
 
 
-def load_encoder(path: str | os.PathLike, **runtime: Any) -> tuple[VideoViT, dict[str, Any]]:
-    """Rebuild the encoder of a salt checkpoint (either stage) or exported ``.safetensors``.
+def load_encoder(
+    path: str | os.PathLike, which: str = "auto", **runtime: Any
+) -> tuple[VideoViT, dict[str, Any]]:
+    """Rebuild the encoder of a salt checkpoint (any stage) or exported ``.safetensors``.
 
     Args:
         path: ``*.ckpt`` written by ``salt fit`` or ``*.safetensors`` written by ``salt export``.
+        which: ``"auto"`` (an EMA-baseline checkpoint's target encoder, else its only encoder),
+            ``"target"`` or ``"online"``.
         runtime: ``attn_backend`` / ``act_checkpoint`` overrides (weights are unaffected).
 
     Returns:
-        ``(encoder, meta)``: the encoder in eval mode on the CPU, and the salt metadata dict.
+        ``(encoder, meta)``: the encoder in eval mode on the CPU, and the salt metadata dict
+        (``meta["which"]``: ``"target"`` or ``"online"``).
     """
-    state, meta = read_encoder_state(path)
+    state, meta = read_encoder_state(path, which)
     encoder = build_encoder(meta, str(path), **runtime)
     load_state_strict(encoder, state, str(path))
     return encoder.eval(), meta
 
 
-def export_encoder(ckpt: str | os.PathLike, out: str | os.PathLike) -> Path:
+def export_encoder(ckpt: str | os.PathLike, out: str | os.PathLike, which: str = "auto") -> Path:
     """Write the encoder of a Lightning checkpoint as ``out`` (``.safetensors``), atomically.
 
     The file holds the encoder weights without prefix and the checkpoint's salt metadata (plus
-    ``source_checkpoint``) as JSON under metadata key ``"salt"``. The weights are checked against
+    ``source_checkpoint`` and ``which``: the EMA ``"target"`` or the ``"online"`` encoder, chosen
+    as in ``load_encoder``) as JSON under metadata key ``"salt"``. The weights are checked against
     the architecture in the metadata before anything is written.
     """
     from safetensors.torch import save_file
@@ -165,7 +211,7 @@ def export_encoder(ckpt: str | os.PathLike, out: str | os.PathLike) -> Path:
         raise ValueError(f"{ckpt} is already an exported encoder")
     if not _is_safetensors(out):
         raise ValueError(f"export target must end in .safetensors, got {out}")
-    state, meta = read_encoder_state(ckpt)
+    state, meta = read_encoder_state(ckpt, which)
     # Check the weights against the architecture before writing anything.
     load_state_strict(build_encoder(meta, str(ckpt)), state, str(ckpt))
     meta = {**meta, "source_checkpoint": str(ckpt.resolve())}

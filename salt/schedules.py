@@ -40,6 +40,7 @@ SHAPE_KEYS = (
     "final_lr",
     "start_wd",
     "final_wd",
+    "decay_steps",  # salt.ema.WarmupStableDecaySchedule
 )
 
 

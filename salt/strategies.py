@@ -152,10 +152,12 @@ def shard_module(
         register_fsdp_forward_method,
     )
 
-    if getattr(module, "teacher_mode", None) == "ema":
-        # the EMA update lerps a full teacher toward the student: with sharded (DTensor) student
+    if getattr(module, "stage", None) == "ema":
+        # the EMA update lerps a full target encoder toward the encoder: with sharded (DTensor)
         # weights that needs an all-gather per step; not supported, use DDP for the baseline
-        raise ValueError("FSDP does not support teacher_mode='ema' (V-JEPA baseline): use DDP")
+        raise ValueError(
+            "FSDP does not support the V-JEPA EMA baseline (salt.ema.EMAModule): use DDP"
+        )
     if wrap_classes is None:
         wrap_classes = tuple(_import_class(p) for p in DEFAULT_WRAP_CLASSES)
     wrap_classes = tuple(wrap_classes)

@@ -1,81 +1,57 @@
-"""Stage 2 of SALT: a student ViT regresses a frozen teacher's latents (SPEC.md stage 2).
+"""Stage 2 of SALT: a student ViT regresses a frozen teacher's latents.
 
 The teacher (a stage-1 checkpoint or an exported ``.safetensors``, loaded strictly through
 ``salt.encoder_io``) runs once per clip on all tokens, without grad (bf16 under the Trainer's
 autocast); its last layer (or ``target_layer``) goes through a parameter-free LayerNorm; one batched
 gather picks each mask config's targets. The student encodes context tokens only; a narrow
 predictor (12 × 384) maps them to the target positions at the *teacher's* width; L1, averaged over
-the two mask configs. ``teacher_mode="ema"`` (or ``teacher: ema``) is the V-JEPA baseline instead:
-the teacher is an EMA copy of the student (momentum 0.99925 constant, or linear to a final value).
+the two mask configs. The parts and the step are ``salt.latent.LatentTargetModule``'s, shared with
+the V-JEPA EMA baseline (``salt.ema.EMAModule``, its own module).
 
-How the teacher stays frozen — and out of DDP/FSDP: it is held in a plain Python list
-(``self._teacher``), so it is *not* a submodule. It is therefore absent from ``parameters()``,
-``state_dict()``, every optimizer group, and from whatever module tree a strategy wraps or shards;
-the module moves it to the batch's device itself. It has ``requires_grad=False`` and sits in a
-``FrozenTeacher`` whose ``train()`` always means ``eval()``. A checkpoint records the teacher's
-path and sha256 (not its weights) and resuming verifies the hash (rank 0 hashes the file once per
-job in ``setup`` and broadcasts it: a multi-GB teacher is not read again by every rank); the EMA
-teacher *is* trainable
-state, so its weights go into the checkpoint under ``"salt_ema_teacher"``. A sharding strategy
-should shard only ``encoder`` and ``predictor`` and place the teacher itself (it is only read).
+The teacher is held outside the module tree (``salt.latent``): absent from ``parameters()``,
+``state_dict()``, every optimizer group and every DDP/FSDP wrap; ``requires_grad=False``, always
+in eval mode. A checkpoint records the teacher's path and sha256 (not its weights) and resuming
+verifies the hash (rank 0 hashes the file once per job in ``setup`` and broadcasts it: a multi-GB
+teacher is not read again by every rank). A sharding strategy should shard only ``encoder`` and
+``predictor`` and place the teacher itself (it is only read). ``teacher_precision`` casts the
+teacher once to bf16 or makes its block matmuls FP8 (``salt.fp8``); ``sdpa_kernels`` picks each
+call site's attention kernel (``salt.latent.DEFAULT_SDPA_KERNELS``).
 """
 
 from __future__ import annotations
 
-import copy
 import math
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from torch import nn
 
 from salt.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from salt.dist import from_rank_zero
 from salt.encoder_io import file_sha256, load_encoder
 from salt.errors import MissingInputError, UsageError
 from salt.fp8 import check_teacher_precision, prepare_teacher, teacher_input
-from salt.models import Predictor, VideoViT, check_sdpa_kernel, create_encoder, set_sdpa_kernel
-from salt.module_base import SaltModule
-from salt.schedules import ema_momentum
-from salt.step import gather_mask_targets, latent_loss, latent_targets
+from salt.latent import (
+    DEFAULT_SDPA_KERNELS,
+    FrozenTeacher,
+    LatentTargetModule,
+    resolve_sdpa_kernels,
+)
+from salt.models import VideoViT
 
-EMA_STATE_KEY = "salt_ema_teacher"
-# SDPA kernel per call site (salt.models.attention): the teacher always attends over all tokens
-# of a clip, one fixed length, so cuDNN's per-length plan is built once and its kernel is the
-# fastest there; the student's context and the predictor's context + targets change length with
-# every batch's masks, where FlashAttention-2 has no per-length cost (and is the faster one at the
-# student's short context lengths). Numbers: benchmarks/RESULTS.md, "GPU training step, round 2".
-DEFAULT_SDPA_KERNELS = {"teacher": "cudnn", "encoder": "flash", "predictor": "flash"}
+__all__ = [
+    "DEFAULT_SDPA_KERNELS",
+    "FrozenTeacher",
+    "StudentModule",
+    "resolve_sdpa_kernels",
+    "teacher_mismatches",
+]
 
-
-def resolve_sdpa_kernels(kernels: dict[str, str | None] | None) -> dict[str, str | None]:
-    """``DEFAULT_SDPA_KERNELS`` updated with ``kernels``; ``UsageError`` for an unknown site or
-    kernel name."""
-    out = dict(DEFAULT_SDPA_KERNELS)
-    for site, kernel in (kernels or {}).items():
-        if site not in out:
-            raise UsageError(
-                f"sdpa_kernels: unknown call site {site!r} (one of {sorted(DEFAULT_SDPA_KERNELS)})"
-            )
-        try:
-            check_sdpa_kernel(kernel)
-        except ValueError as exc:
-            raise UsageError(f"sdpa_kernels.{site}: {exc}") from None
-        out[site] = kernel
-    return out
-
-
-class FrozenTeacher(nn.Module):
-    """Holds the teacher encoder: no gradients, and ``train()`` always leaves it in eval mode."""
-
-    def __init__(self, encoder: VideoViT) -> None:
-        super().__init__()
-        self.encoder = encoder.requires_grad_(False)
-        super().train(False)
-
-    def train(self, mode: bool = True) -> FrozenTeacher:
-        return super().train(False)
+EMA_MOVED = (
+    "the V-JEPA EMA baseline is its own module now: set model.class_path to salt.ema.EMAModule "
+    "(configs/ema/vitl16.yaml) and drop model.teacher / model.teacher_mode; its ema_momentum, "
+    "ema_final_momentum and predictor settings keep their names"
+)
 
 
 def teacher_mismatches(teacher: VideoViT, meta: dict, student: StudentModule) -> list[str]:
@@ -98,7 +74,7 @@ def teacher_mismatches(teacher: VideoViT, meta: dict, student: StudentModule) ->
     return out
 
 
-class StudentModule(SaltModule):
+class StudentModule(LatentTargetModule):
     """Stage-2 LightningModule (``salt fit -c configs/student/vitl16.yaml --model.teacher T``).
 
     Args:
@@ -106,12 +82,9 @@ class StudentModule(SaltModule):
         encoder_kwargs: extra ``VideoViT`` arguments for the student.
         img_size: clip side in pixels (linked to ``data.crop_size``).
         num_frames: frames per clip (linked to ``data.frames_per_clip``).
-        teacher: stage-1 Lightning checkpoint or exported ``.safetensors``; ``"ema"`` is shorthand
-            for ``teacher_mode="ema"``.
-        teacher_mode: ``"frozen"`` (SALT) or ``"ema"`` (V-JEPA baseline: EMA copy of the student).
-        ema_momentum: EMA momentum (constant; the start value if ``ema_final_momentum`` is set).
-        ema_final_momentum: None for a constant momentum (V-JEPA 2), else linear to this (V-JEPA 1:
-            0.998 → 1.0).
+        teacher: stage-1 Lightning checkpoint or exported ``.safetensors``.
+        teacher_mode: ``"frozen"`` (the only mode; ``"ema"`` is an error naming
+            ``salt.ema.EMAModule``, where the V-JEPA baseline lives).
         target_layer: teacher block whose output is the target (-1: the final, normed output).
         sdpa_kernels: SDPA kernel per call site, keys ``teacher``, ``encoder`` (the student),
             ``predictor``; values ``"cudnn"``, ``"flash"``, ``"efficient"``, ``"math"`` or None
@@ -119,7 +92,7 @@ class StudentModule(SaltModule):
             (teacher cuDNN, student and predictor FlashAttention-2). ``attn_backend: sdpa`` only.
         teacher_precision: ``"fp32"`` (teacher weights as loaded), ``"bf16"`` (cast once) or
             ``"fp8"`` (block matmuls in FP8; GPUs with compute capability ≥ 8.9 only, see
-            ``salt.fp8``). Frozen teachers only.
+            ``salt.fp8``).
         predictor_dim: predictor width (384).
         predictor_depth: predictor blocks (12).
         predictor_heads: predictor heads (12).
@@ -141,8 +114,6 @@ class StudentModule(SaltModule):
         num_frames: int = 16,
         teacher: str | None = None,
         teacher_mode: Literal["frozen", "ema"] = "frozen",
-        ema_momentum: float = 0.99925,
-        ema_final_momentum: float | None = None,
         target_layer: int = -1,
         sdpa_kernels: dict[str, str | None] | None = None,
         teacher_precision: Literal["fp32", "bf16", "fp8"] = "fp32",
@@ -170,6 +141,10 @@ class StudentModule(SaltModule):
         health_every: int = 100,
         max_nonfinite: int = 20,
     ) -> None:
+        if teacher == "ema" or teacher_mode == "ema":
+            raise UsageError(EMA_MOVED)
+        if teacher_mode != "frozen":
+            raise UsageError(f"teacher_mode must be 'frozen', got {teacher_mode!r}")
         super().__init__(
             img_size=img_size,
             num_frames=num_frames,
@@ -192,69 +167,24 @@ class StudentModule(SaltModule):
             max_nonfinite=max_nonfinite,
         )
         self.save_hyperparameters(logger=False)  # MLflow params come from the resolved config
-        if teacher == "ema":
-            teacher, teacher_mode = None, "ema"
         self.teacher_mode, self.loss_kind = teacher_mode, loss
         check_teacher_precision(teacher_precision)
-        if teacher_mode == "ema" and teacher_precision != "fp32":
-            raise UsageError(
-                f"teacher_precision={teacher_precision!r} is for a frozen teacher; the EMA teacher "
-                "is updated from the student's weights every step and stays fp32"
-            )
-        self.sdpa_kernels = resolve_sdpa_kernels(sdpa_kernels)
         self.teacher_precision = teacher_precision
         self.fp8_backend: str | None = None  # set when the FP8 teacher is built
         self._teacher_prepared_on: torch.device | None = None
-        self.ema = (ema_momentum, ema_final_momentum)
-        self.encoder = create_encoder(
-            encoder,
-            **{
-                **(encoder_kwargs or {}),
-                "img_size": img_size,
-                "num_frames": num_frames,
-                "act_checkpoint": act_checkpoint,
-            },
-        )
-        self.grid()  # fail now if the clip does not divide into tubelets × patches
+        self._build_encoder(encoder, encoder_kwargs, act_checkpoint)
         self.teacher_info = None
-        if teacher_mode == "frozen":
-            teacher_encoder = self._load_teacher(teacher)
-        elif teacher_mode == "ema":
-            if teacher is not None:
-                raise ValueError(
-                    "teacher_mode='ema' copies the student; do not also pass a teacher"
-                )
-            teacher_encoder = copy.deepcopy(self.encoder)
-        else:
-            raise ValueError(f"teacher_mode must be 'frozen' or 'ema', got {teacher_mode!r}")
-        depth = len(teacher_encoder.blocks)
-        if not -depth <= target_layer < depth:
-            raise ValueError(f"target_layer {target_layer} outside the teacher's {depth} blocks")
-        self.target_layer = target_layer
-        # A list, not an attribute nn.Module registers: see the module docstring.
-        self._teacher: list[FrozenTeacher] = [FrozenTeacher(teacher_encoder)]
-        self._total_steps: int | None = None
-        self.predictor = Predictor(
-            in_dim=self.encoder.embed_dim,
-            out_dim=teacher_encoder.embed_dim,
-            embed_dim=predictor_dim,
-            depth=predictor_depth,
-            num_heads=predictor_heads,
-            mlp_hidden_dim=predictor_mlp_hidden,
-            num_mask_tokens=len(self.build_mask_collator().generators),
-            pos_embed=self.encoder.pos_embed,
-            attn_backend=self.encoder.attn_backend,
-            act_checkpoint=act_checkpoint,
+        self._attach_target(self._load_teacher(teacher), target_layer)
+        self._build_predictor(
+            predictor_dim, predictor_depth, predictor_heads, predictor_mlp_hidden, act_checkpoint
         )
-        set_sdpa_kernel(self.encoder, self.sdpa_kernels["encoder"])
-        set_sdpa_kernel(self.predictor, self.sdpa_kernels["predictor"])
-        set_sdpa_kernel(teacher_encoder, self.sdpa_kernels["teacher"])
+        self._set_sdpa_kernels(sdpa_kernels)
 
     def _load_teacher(self, path: str | None) -> VideoViT:
         if not path:
             raise UsageError(
                 "StudentModule needs a teacher: pass --model.teacher PATH (a stage-1 checkpoint "
-                "or an exported .safetensors), or teacher_mode='ema' for the V-JEPA baseline"
+                "or an exported .safetensors); the V-JEPA EMA baseline is salt.ema.EMAModule"
             )
         if not Path(path).is_file():
             raise MissingInputError(f"teacher checkpoint not found: {path} (--model.teacher)")
@@ -279,7 +209,7 @@ class StudentModule(SaltModule):
 
     @property
     def teacher_info(self) -> dict[str, str] | None:
-        """``{"path", "sha256"}`` of the frozen teacher file (None in EMA mode)."""
+        """``{"path", "sha256"}`` of the frozen teacher file."""
         info = self._teacher_file
         if info is not None and info["sha256"] is None:
             info["sha256"] = file_sha256(info["path"])  # one process: no one else to ask
@@ -296,73 +226,18 @@ class StudentModule(SaltModule):
             path = info["path"]
             info["sha256"] = from_rank_zero(lambda: file_sha256(path))  # every rank calls this
 
-    # ----------------------------------------------------------------- teacher access
-    @property
-    def teacher(self) -> FrozenTeacher:
-        """The frozen (or EMA) teacher; not a submodule of this module."""
-        return self._teacher[0]
-
     def teacher_on(self, device: torch.device) -> FrozenTeacher:
         """The teacher, moved to ``device`` first if needed (no host sync); the first time on a
         device it is put into ``teacher_precision`` (``UsageError`` for FP8 without FP8 cores)."""
-        teacher = self._teacher[0]
-        if next(teacher.parameters()).device != device:
-            teacher.to(device)
+        teacher = super().teacher_on(device)
         if self._teacher_prepared_on != device:
             self.fp8_backend = prepare_teacher(teacher.encoder, self.teacher_precision, device)
             self._teacher_prepared_on = device
         return teacher
 
-    def compiled_modules(self) -> list[nn.Module]:
-        return [self.encoder, self.predictor, self.teacher.encoder]
-
-    def on_fit_start(self) -> None:
-        self.teacher_on(self.device)
-
-    # ----------------------------------------------------------------- the step
-    def training_loss(
-        self, batch: dict, health: bool = False
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """SALT loss of one batch: teacher targets once per clip, student on context only.
-
-        Args:
-            batch: ``{"video": uint8 [B, C, T, H, W], "masks": [(ctx, tgt), ...]}`` on the device.
-            health: also compute RankMe of student features and prediction / target std.
-        """
-        video = self.normalize(batch["video"])  # [B, C, T, H, W] float32
-        teacher = self.teacher_on(video.device)
-        clip = teacher_input(video, self.teacher_precision)
-        targets = latent_targets(teacher.encoder, clip, self.target_layer)  # [B, N, Dt]
-        per_mask = gather_mask_targets(targets, batch["masks"])  # [[B, nt_m, Dt], ...]
-        return latent_loss(
-            self.encoder,
-            self.predictor,
-            video,
-            batch["masks"],
-            per_mask,
-            loss=self.loss_kind,
-            health=health,
-        )
-
-    # ----------------------------------------------------------------- EMA baseline
-    def configure_optimizers(self, total_steps: int | None = None) -> dict:
-        out = super().configure_optimizers(total_steps)
-        self._total_steps = out["lr_scheduler"]["scheduler"].total_steps
-        return out
-
-    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
-        super().optimizer_step(*args, **kwargs)
-        if self.teacher_mode == "ema":
-            self.ema_update(self.global_step)
-
-    @torch.no_grad()
-    def ema_update(self, step: int) -> None:
-        """teacher ← m·teacher + (1 − m)·student, with m from the momentum schedule at ``step``."""
-        m = ema_momentum(step, self._total_steps or 1, *self.ema)
-        teacher = self.teacher_on(self.device)
-        t_params = list(teacher.encoder.parameters())
-        s_params = [p.detach() for p in self.encoder.parameters()]
-        torch._foreach_lerp_(t_params, s_params, 1.0 - m)
+    def target_input(self, video: torch.Tensor) -> torch.Tensor:
+        """The clip in the teacher's precision (bf16 for a bf16 / FP8 teacher)."""
+        return teacher_input(video, self.teacher_precision)
 
     # ----------------------------------------------------------------- checkpoints
     def tracking_tags(self) -> dict[str, str]:
@@ -370,27 +245,15 @@ class StudentModule(SaltModule):
         return {
             **super().tracking_tags(),
             "salt.teacher_mode": self.teacher_mode,
-            "salt.teacher_path": info.get("path", self.teacher_mode),
+            "salt.teacher_path": info.get("path", ""),
             "salt.teacher_sha256": info.get("sha256", ""),
         }
 
     def checkpoint_metadata(self) -> dict[str, Any]:
         return {**super().checkpoint_metadata(), "teacher": self.teacher_info}
 
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_save_checkpoint(checkpoint)
-        if self.teacher_mode == "ema":
-            checkpoint[EMA_STATE_KEY] = self.teacher.encoder.state_dict()
-
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
-        if self.teacher_mode == "ema":
-            if EMA_STATE_KEY not in checkpoint:
-                raise ValueError(
-                    "checkpoint has no EMA teacher state (was it a frozen-teacher run?)"
-                )
-            self.teacher.encoder.load_state_dict(checkpoint[EMA_STATE_KEY], strict=True)
-            return
         saved = (checkpoint.get("salt") or {}).get("teacher") or {}
         if saved.get("sha256") and saved["sha256"] != self.teacher_info["sha256"]:
             raise ValueError(

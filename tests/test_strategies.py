@@ -292,15 +292,15 @@ def test_consolidate_rejects_non_sharded(tmp_path: Path) -> None:
 
 
 def test_fsdp_rejects_direct_trainable_params_and_ema_teacher() -> None:
+    from salt.ema import EMAModule
     from salt.strategies import shard_module
-    from salt.student import StudentModule
 
     m = TinyStudent()
     m.mask_token = nn.Parameter(torch.zeros(4))
     with pytest.raises(ValueError, match="mask_token"):
         shard_module(m, mesh=None)
-    ema = StudentModule(**module_kwargs("student", teacher="ema"))
-    with pytest.raises(ValueError, match="teacher_mode='ema'"):
+    ema = EMAModule(**module_kwargs("student"))
+    with pytest.raises(ValueError, match=r"EMA baseline \(salt.ema.EMAModule\): use DDP"):
         shard_module(ema, mesh=None)
 
 

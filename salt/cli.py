@@ -16,7 +16,9 @@ MLflow run id, reused on resume). ``--ckpt_path <run>/checkpoints/last.ckpt`` wi
 is an error unless ``--ckpt_path`` resumes it. Default run names are ``<stage>-<Slurm job id>``
 (stable across requeues and identical on every rank), else ``<stage>-<timestamp>``.
 
-``salt export CKPT OUT.safetensors`` writes the encoder of a checkpoint (``salt.encoder_io``).
+``salt export CKPT OUT.safetensors`` writes the encoder of a checkpoint (``salt.encoder_io``);
+``--format hf`` writes a Hugging Face folder instead (config.json, model.safetensors, model card).
+``salt import SRC OUT.safetensors`` hands over to ``salt.interop.cli.main(argv)``.
 ``salt demo …`` hands over to ``salt.demo.main(argv)``.
 """
 
@@ -39,11 +41,13 @@ from salt.checkpointing import AtomicCheckpointIO
 from salt.data import VideoDataModule
 from salt.module_base import SaltModule
 
-USAGE = """usage: salt {fit,export,demo} ...
+USAGE = """usage: salt {fit,export,import,demo} ...
 
   salt fit -c CONFIG [--model.teacher PATH] [--data.* ...] [--ckpt_path CKPT]
                                         train stage 1 (teacher) or stage 2 (student)
   salt export CKPT OUT.safetensors      write a checkpoint's encoder + metadata
+  salt export CKPT DIR --format hf      ... as a Hugging Face folder (config, weights, card)
+  salt import SRC OUT.safetensors       a V-JEPA 2 / VideoMAE encoder as a salt encoder file
   salt demo [...]                       tiny end-to-end run on synthetic video (CPU)
 
 `salt fit --help` lists every option."""
@@ -265,16 +269,22 @@ def fit(argv: list[str]) -> SaltCLI:
 
 
 def export(argv: list[str]) -> Path:
-    """``salt export CKPT OUT.safetensors``."""
-    from salt.encoder_io import export_encoder
+    """``salt export CKPT OUT.safetensors`` / ``salt export CKPT DIR --format hf``."""
+    from salt.encoder_io import EXPORT_FORMATS, export_encoder, export_hf
 
     parser = argparse.ArgumentParser(
         prog="salt export", description="write a checkpoint's encoder as safetensors"
     )
     parser.add_argument("ckpt", help="Lightning checkpoint of either stage")
-    parser.add_argument("out", help="output .safetensors")
+    parser.add_argument("out", help="output .safetensors (a folder with --format hf)")
+    parser.add_argument(
+        "--format", choices=EXPORT_FORMATS, default="safetensors",
+        help="safetensors: one salt encoder file; hf: a Hugging Face folder "
+        "(VideoViT.from_pretrained, push_to_hub)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
-    out = export_encoder(args.ckpt, args.out)
+    exporter = export_hf if args.format == "hf" else export_encoder
+    out = exporter(args.ckpt, args.out)
     print(f"wrote {out}")
     return out
 
@@ -292,6 +302,10 @@ def main(argv: list[str] | None = None) -> Any:
     if command == "export":
         export(rest)
         return None
+    if command == "import":
+        from salt.interop.cli import main as import_main
+
+        return import_main(rest)
     if command == "demo":
         from salt.demo import main as demo_main  # written by the demo room; imported lazily
 

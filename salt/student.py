@@ -1,11 +1,12 @@
 """Stage 2 of SALT: a student ViT regresses a frozen teacher's latents (SPEC.md stage 2).
 
-The teacher (a stage-1 checkpoint or an exported ``.safetensors``, loaded strictly through
-``salt.encoder_io``) runs once per clip on all tokens, without grad (bf16 under the Trainer's
-autocast); its last layer (or ``target_layer``) goes through a parameter-free LayerNorm; one batched
-gather picks each mask config's targets. The student encodes context tokens only; a narrow
-predictor (12 × 384) maps them to the target positions at the *teacher's* width; L1, averaged over
-the two mask configs. ``teacher_mode="ema"`` (or ``teacher: ema``) is the V-JEPA baseline instead:
+The teacher (a stage-1 checkpoint, an exported ``.safetensors``, or a V-JEPA 2 / VideoMAE encoder
+written by ``salt import``; loaded strictly through ``salt.encoder_io``) runs once per clip on all
+tokens, without grad (bf16 under the Trainer's autocast); its last layer (or ``target_layer``)
+goes through a parameter-free LayerNorm; one batched gather picks each mask config's targets. The
+student encodes context tokens only; a narrow predictor (12 × 384) maps them to the target
+positions at the *teacher's* width (which may differ from the student's); L1, averaged over the
+two mask configs. ``teacher_mode="ema"`` (or ``teacher: ema``) is the V-JEPA baseline instead:
 the teacher is an EMA copy of the student (momentum 0.99925 constant, or linear to a final value).
 
 How the teacher stays frozen — and out of DDP/FSDP: it is held in a plain Python list
@@ -51,15 +52,24 @@ class FrozenTeacher(nn.Module):
 
 
 def teacher_mismatches(teacher: VideoViT, meta: dict, student: StudentModule) -> list[str]:
-    """Every input-side setting in which the teacher differs from the student, as text."""
+    """Every input-side setting in which the teacher differs from the student, as text.
+
+    A salt teacher runs at the clip size it was trained at. An imported one (``salt import``)
+    whose positions come from each clip's grid (RoPE, 3D sin-cos: V-JEPA 2) runs at the
+    student's clip size, as V-JEPA 2 itself evaluates at other sizes than it trained at; one
+    that numbers a fixed grid (``sincos_1d``: VideoMAE) must see that grid.
+    """
     cfg = teacher.config
     pairs = [
         ("patch_size", cfg["patch_size"], student.encoder.patch_size),
         ("tubelet_size", cfg["tubelet_size"], student.encoder.tubelet_size),
         ("in_chans", cfg["in_chans"], student.encoder.config["in_chans"]),
-        ("num_frames (data.frames_per_clip)", cfg["num_frames"], student.num_frames),
-        ("img_size (data.crop_size)", list(cfg["img_size"]), [student.img_size] * 2),
     ]
+    if not (meta.get("stage") == "imported" and cfg["pos_embed"] in ("rope", "sincos")):
+        pairs += [
+            ("num_frames (data.frames_per_clip)", cfg["num_frames"], student.num_frames),
+            ("img_size (data.crop_size)", list(cfg["img_size"]), [student.img_size] * 2),
+        ]
     out = [f"{name}: teacher {a} vs student {b}" for name, a, b in pairs if a != b]
     for name in ("mean", "std"):
         a, b = list(meta[name]), getattr(student, name)
@@ -212,6 +222,8 @@ class StudentModule(SaltModule):
                 "student with the teacher's input settings, or use a matching teacher."
             )
         self.teacher_info = {"path": str(Path(path).resolve()), "sha256": file_sha256(path)}
+        if meta.get("stage") == "imported":  # which public model it came from
+            self.teacher_info["source"] = (meta.get("source") or {}).get("format")
         return encoder
 
     # ----------------------------------------------------------------- teacher access

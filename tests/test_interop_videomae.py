@@ -67,7 +67,8 @@ def test_features_equal(tmp_path: Path, cls: str, options: dict) -> None:
 def test_sincos_1d_table_is_videomaes() -> None:
     """The table VideoMAE builds (numpy float64, sin on even / cos on odd channels)."""
     n, d = 1568, 768  # 16 frames × 224², ViT-B
-    angles = np.array([[p / np.power(10000, 2 * (j // 2) / d) for j in range(d)] for p in range(n)])
+    pos, j = np.arange(n, dtype=np.float64)[:, None], np.arange(d)[None, :]
+    angles = pos / np.power(10000, 2 * (j // 2) / d)  # [N, D]
     angles[:, 0::2], angles[:, 1::2] = np.sin(angles[:, 0::2]), np.cos(angles[:, 1::2])
     assert torch.equal(sincos_embed_1d(n, d), torch.from_numpy(angles).float())
 

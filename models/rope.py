@@ -8,6 +8,12 @@ pairing of the RoPE paper. V-JEPA 2's released code tiles the frequencies instea
 speeds and loses the relative-position property; ``ROPE_CONVENTION`` names ours so checkpoints
 can record it.
 
+Weights trained with the tiled tables (V-JEPA 2's torch-hub checkpoints and its ``transformers``
+port ``VJEPA2Model``) only reproduce their features under the same tables, so
+``rope_cos_sin(..., pairing="tiled")`` builds them: chunk channel c gets ``ω_{c mod d/2}``. The
+rotation itself (``apply_rope``: channel pairs (2i, 2i+1)) is the same for both pairings; only
+the per-channel tables differ. ``ROPE_CONVENTIONS`` names each pairing for checkpoint metadata.
+
 Positions are integer token coordinates computed from the token *index* in T×H×W order
 (``index = t·H'W' + h·W' + w``), never from the slot a token happens to occupy, so a gathered
 subset keeps its true (t, h, w). cos/sin tables are computed once per forward and shared by
@@ -19,8 +25,17 @@ from __future__ import annotations
 
 import torch
 
-ROPE_CONVENTION = "interleaved-v1"
+ROPE_CONVENTION = "interleaved-v1"  # salt's default pairing
+ROPE_PAIRINGS = ("interleaved", "tiled")
+ROPE_CONVENTIONS = {"interleaved": ROPE_CONVENTION, "tiled": "tiled-vjepa2-v1"}
 DEFAULT_ROPE_BASE = 10000.0
+
+
+def rope_convention(pairing: str) -> str:
+    """The metadata name of a pairing (``"interleaved"`` → ``"interleaved-v1"``)."""
+    if pairing not in ROPE_CONVENTIONS:
+        raise ValueError(f"rope pairing must be one of {ROPE_PAIRINGS}, got {pairing!r}")
+    return ROPE_CONVENTIONS[pairing]
 
 
 def rope_axis_dim(head_dim: int) -> int:
@@ -49,24 +64,35 @@ def token_coords(indices: torch.Tensor, grid: tuple[int, int, int]) -> torch.Ten
 
 
 def rope_cos_sin(
-    coords: torch.Tensor, head_dim: int, base: float = DEFAULT_ROPE_BASE
+    coords: torch.Tensor,
+    head_dim: int,
+    base: float = DEFAULT_ROPE_BASE,
+    pairing: str = "interleaved",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin tables for interleaved 3D RoPE.
+    """cos/sin tables for 3D RoPE.
 
     Args:
         coords: ``[..., n, 3]`` integer (t, h, w) token coordinates.
         head_dim: attention head dim.
         base: frequency base (10000).
+        pairing: ``"interleaved"`` (channels 2i, 2i+1 share ω_i: the RoPE paper) or ``"tiled"``
+            (chunk channel c gets ω_{c mod d/2}: V-JEPA 2's released tables, for its weights).
 
     Returns:
-        ``(cos, sin)``, each ``[..., n, head_dim]`` float32: the three rotated chunks with each
-        frequency repeated for its channel pair, then cos = 1 / sin = 0 for the unrotated tail.
+        ``(cos, sin)``, each ``[..., n, head_dim]`` float32: the three rotated chunks, then
+        cos = 1 / sin = 0 for the unrotated tail.
     """
+    if pairing not in ROPE_PAIRINGS:
+        raise ValueError(f"rope pairing must be one of {ROPE_PAIRINGS}, got {pairing!r}")
     d = rope_axis_dim(head_dim)
     exponent = torch.arange(0, d, 2, device=coords.device, dtype=torch.float32) / d
     omega = base**-exponent  # [d/2]
     angles = coords.to(torch.float32).unsqueeze(-1) * omega  # [..., n, 3, d/2]
-    angles = angles.repeat_interleave(2, dim=-1).flatten(-2)  # [..., n, 3·d]: (2i, 2i+1) share ω_i
+    if pairing == "interleaved":
+        angles = angles.repeat_interleave(2, dim=-1)  # [..., n, 3, d]: (2i, 2i+1) share ω_i
+    else:
+        angles = torch.cat((angles, angles), dim=-1)  # [..., n, 3, d]: [ω_0..ω_{d/2-1}] twice
+    angles = angles.flatten(-2)  # [..., n, 3·d]
     cos, sin = angles.cos(), angles.sin()
     rest = head_dim - 3 * d
     if rest:

@@ -11,6 +11,9 @@ stderr and exit status 2 (``salt.errors.cli_entry``).
 - ``salt export CKPT OUT.safetensors [--which auto|target|online]``: the encoder of a checkpoint
   (``salt.encoder_io``; an EMA-baseline checkpoint gives its EMA target encoder unless ``--which
   online``).
+  ``--format hf`` writes a Hugging Face folder instead (config.json, model.safetensors, model card).
+- ``salt import SRC OUT.safetensors``: a V-JEPA 2 / VideoMAE encoder as a salt encoder file
+  (``salt.interop.cli``).
 - ``salt demo …``: ``salt.demo.main(argv)``.
 
 ``SaltCLI``, ``fit``, ``default_run_name`` and the other names that used to live here are still
@@ -62,8 +65,13 @@ COMMANDS: dict[str, Command] = {
     ),
     "export": Command(
         "salt.cli:export",
-        "salt export CKPT OUT.safetensors [--which auto|target|online]",
-        "write a checkpoint's encoder + metadata",
+        "salt export CKPT OUT.safetensors [--which auto|target|online] [--format hf]",
+        "write a checkpoint's encoder + metadata (--format hf: a Hugging Face folder)",
+    ),
+    "import": Command(
+        "salt.interop.cli:main",
+        "salt import SRC OUT.safetensors",
+        "a V-JEPA 2 / VideoMAE encoder as a salt encoder file",
     ),
     "demo": Command(
         "salt.demo:main",
@@ -88,12 +96,17 @@ def usage() -> str:
 
 
 def export(argv: list[str]) -> Path:
-    """``salt export CKPT OUT.safetensors [--which auto|target|online]``."""
+    """``salt export CKPT OUT.safetensors [--which …]`` / ``salt export CKPT DIR --format hf``."""
     parser = argparse.ArgumentParser(
         prog="salt export", description="write a checkpoint's encoder as safetensors"
     )
     parser.add_argument("ckpt", help="Lightning checkpoint of either stage")
-    parser.add_argument("out", help="output .safetensors")
+    parser.add_argument("out", help="output .safetensors (a folder with --format hf)")
+    parser.add_argument(
+        "--format", choices=("safetensors", "hf"), default="safetensors",
+        help="safetensors: one salt encoder file; hf: a Hugging Face folder "
+        "(VideoViT.from_pretrained, push_to_hub)",
+    )  # fmt: skip
     parser.add_argument(
         "--which",
         choices=("auto", "target", "online"),
@@ -102,11 +115,12 @@ def export(argv: list[str]) -> Path:
         "evaluates; what 'auto' picks) or 'online'; other checkpoints have one (auto/online)",
     )
     args = parser.parse_args(argv)
-    from salt.encoder_io import export_encoder
+    from salt.encoder_io import export_encoder, export_hf
 
     if not Path(args.ckpt).exists():
         raise UsageError(f"checkpoint not found: {args.ckpt}")
-    out = export_encoder(args.ckpt, args.out, which=args.which)
+    exporter = export_hf if args.format == "hf" else export_encoder
+    out = exporter(args.ckpt, args.out, which=args.which)
     print(f"wrote {out}")
     return out
 

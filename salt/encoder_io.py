@@ -1,45 +1,68 @@
 """Load and export SALT encoders: one ``load_encoder(path)`` for every consumer.
 
-Two formats carry an encoder:
+Four things carry an encoder:
 - a Lightning checkpoint of either stage (``*.ckpt``): weights under ``ckpt["state_dict"]`` with the
   prefix ``ckpt["salt"]["encoder_prefix"]`` (``"encoder."``), metadata in ``ckpt["salt"]``;
 - an exported ``*.safetensors`` (``salt export``): encoder weights without prefix, the same
-  metadata dict as JSON under the safetensors metadata key ``"salt"``.
+  metadata dict as JSON under the safetensors metadata key ``"salt"``;
+- an imported ``*.safetensors`` (``salt import``, ``salt.interop``): the same layout, with
+  ``stage="imported"`` and a ``source`` entry naming the original model and its conventions;
+- a Hugging Face folder (``salt export --format hf``, ``VideoViT.save_pretrained``): its
+  ``model.safetensors`` is an exported file as above (``models.hub``).
 
 Metadata (docs/architecture.md): ``stage``, ``encoder_config`` (every ``VideoViT`` kwarg),
 ``encoder_prefix``, ``rope_convention``, ``mean``, ``std``, ``step``, ``train_loss``, ``teacher``,
-``mlflow_run_id`` (+ ``which`` once loaded or exported: ``"target"`` or ``"online"``). A checkpoint
-of the V-JEPA EMA baseline (``salt.ema.EMAModule``) holds two encoders: the trained (online) one
-under the prefix and the EMA *target* encoder under ``ckpt["salt_ema_teacher"]``
-(``EMA_STATE_KEY``, no prefix). ``which="auto"`` (the default everywhere) reads the target
-encoder of such a checkpoint, as V-JEPA evaluates it, and the only encoder of any other;
-``"online"`` / ``"target"`` ask for one explicitly. Loading is strict — unknown architecture keys, a different RoPE convention,
-missing, unexpected or mis-shaped weights are errors that name the file and the problem; nothing
-is loaded with ``strict=False`` (a pitfall of the peers, SPEC.md). Checkpoints are read with
-``weights_only=True`` and memory-mapped, so only the encoder's bytes are touched.
+``mlflow_run_id`` (+ ``source`` for imports; + ``which`` once loaded or exported: ``"target"`` or
+``"online"``). A checkpoint of the V-JEPA EMA baseline (``salt.ema.EMAModule``) holds two
+encoders: the trained (online) one under the prefix and the EMA *target* encoder under
+``ckpt["salt_ema_teacher"]`` (``EMA_STATE_KEY``, no prefix). ``which="auto"`` (the default
+everywhere) reads the target encoder of such a checkpoint, as V-JEPA evaluates it, and the only
+encoder of any other; ``"online"`` / ``"target"`` ask for one explicitly. Loading is strict —
+unknown architecture keys, a RoPE convention other than the config's pairing, missing, unexpected
+or mis-shaped weights are errors that name the file and the problem; nothing is loaded with
+``strict=False`` (a pitfall of the peers). Checkpoints are read with ``weights_only=True`` and
+memory-mapped, so only the encoder's bytes are touched. ``VideoViT`` arguments added later
+(``models.vit.ADDED_DEFAULTS``) may be absent from older metadata and then mean what the encoder
+computed before they existed.
 """
 
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from salt.checkpointing import atomic_path
-from salt.models import ROPE_CONVENTION, VideoViT
+from salt.errors import UsageError
+from salt.models import VideoViT
+from salt.models.hub import WEIGHTS_NAME, load_state_strict
+from salt.models.vit import RUNTIME_KEYS
 
 ENCODER_PREFIX = "encoder."
 # Where an EMA-baseline checkpoint keeps its target encoder's state dict (no prefix).
 EMA_STATE_KEY = "salt_ema_teacher"
 WHICH = ("auto", "target", "online")
 META_KEYS = ("stage", "encoder_config", "rope_convention", "mean", "std")
-# Constructor arguments that change how the encoder runs, never what its weights mean.
-RUNTIME_KEYS = ("attn_backend", "act_checkpoint")
+EXPORT_FORMATS = ("safetensors", "hf")
+__all__ = [
+    "EMA_STATE_KEY",
+    "EXPORT_FORMATS",
+    "WHICH",
+    "RUNTIME_KEYS",
+    "build_encoder",
+    "export_encoder",
+    "export_hf",
+    "file_sha256",
+    "load_encoder",
+    "load_state_strict",
+    "read_encoder_state",
+]
 
 
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -76,6 +99,8 @@ def read_encoder_state(
     """
     _check_which(which)
     path = Path(path)
+    if path.is_dir() and (path / WEIGHTS_NAME).is_file():  # a Hugging Face export folder
+        path = path / WEIGHTS_NAME
     if not path.is_file():
         raise FileNotFoundError(f"encoder file not found: {path}")
     if _is_safetensors(path):
@@ -137,42 +162,10 @@ def build_encoder(meta: dict[str, Any], source: str = "<metadata>", **runtime: A
         source: file name for error messages.
         runtime: overrides of run-time-only options (``attn_backend``, ``act_checkpoint``).
     """
-    bad = set(runtime) - set(RUNTIME_KEYS)
-    if bad:
-        raise ValueError(f"only {RUNTIME_KEYS} may be overridden when loading, got {sorted(bad)}")
-    config = dict(meta["encoder_config"])
-    accepted = set(inspect.signature(VideoViT).parameters)
-    unknown, lacking = set(config) - accepted, accepted - set(config)
-    if unknown or lacking:
-        raise ValueError(
-            f"{source}: unknown encoder architecture: encoder_config has unknown keys "
-            f"{sorted(unknown)} and lacks {sorted(lacking)} (this salt's VideoViT takes "
-            f"{sorted(accepted)})"
-        )
-    if config["pos_embed"] == "rope" and meta["rope_convention"] != ROPE_CONVENTION:
-        raise ValueError(
-            f"{source}: RoPE convention mismatch: file says {meta['rope_convention']!r}, this "
-            f"salt implements {ROPE_CONVENTION!r}; its weights would see rotated positions wrongly"
-        )
-    return VideoViT(**{**config, **runtime})
-
-
-def load_state_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """``load_state_dict(strict=True)`` with an error that lists what differs."""
-    own = module.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    shapes = [
-        f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in sorted(set(own) & set(state))
-        if state[k].shape != own[k].shape
-    ]
-    if missing or unexpected or shapes:
-        raise ValueError(
-            f"{source}: encoder weights do not match its architecture: missing {missing[:8]}, "
-            f"unexpected {unexpected[:8]}, shape mismatches {shapes[:8]}"
-        )
-    module.load_state_dict(state, strict=True)
+    try:
+        return VideoViT.from_config(meta["encoder_config"], meta["rope_convention"], **runtime)
+    except ValueError as e:
+        raise ValueError(f"{source}: {e}") from e
 
 
 def load_encoder(
@@ -181,7 +174,8 @@ def load_encoder(
     """Rebuild the encoder of a salt checkpoint (any stage) or exported ``.safetensors``.
 
     Args:
-        path: ``*.ckpt`` written by ``salt fit`` or ``*.safetensors`` written by ``salt export``.
+        path: ``*.ckpt`` written by ``salt fit``, ``*.safetensors`` written by ``salt export`` /
+            ``salt import``, or a folder written by ``salt export --format hf``.
         which: ``"auto"`` (an EMA-baseline checkpoint's target encoder, else its only encoder),
             ``"target"`` or ``"online"``.
         runtime: ``attn_backend`` / ``act_checkpoint`` overrides (weights are unaffected).
@@ -219,3 +213,39 @@ def export_encoder(ckpt: str | os.PathLike, out: str | os.PathLike, which: str =
     with atomic_path(out) as tmp:
         save_file(tensors, str(tmp), metadata={"salt": json.dumps(meta)})
     return out
+
+
+def export_hf(ckpt: str | os.PathLike, out_dir: str | os.PathLike, which: str = "auto") -> Path:
+    """Write the encoder of a checkpoint (or exported / imported file) as a Hugging Face folder.
+
+    ``out_dir`` gets ``config.json``, ``model.safetensors`` and a model card ``README.md``
+    (architecture, stage, teacher, training steps, the probe results in the checkpoint's MLflow
+    store, how to load: ``salt.interop.model_card``). The folder is written beside ``out_dir``
+    and renamed into place, so an interrupted export leaves no half-written folder.
+
+    Raises:
+        UsageError: ``out_dir`` exists and is not empty, or ``ckpt`` is not an encoder file.
+    """
+    from salt.interop.model_card import model_card
+
+    ckpt, out_dir = Path(ckpt), Path(out_dir)
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise UsageError(f"export folder {out_dir} exists and is not empty; pick a new folder")
+    try:
+        encoder, meta = load_encoder(ckpt, which)
+    except (FileNotFoundError, ValueError) as e:
+        raise UsageError(str(e)) from e
+    if not _is_safetensors(ckpt) and not ckpt.is_dir():
+        meta = {**meta, "source_checkpoint": str(ckpt.resolve())}
+    card = model_card(encoder, meta, ckpt)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        encoder.save_pretrained(tmp, metadata=meta, model_card=card)
+        if out_dir.exists():
+            out_dir.rmdir()  # empty (checked above)
+        os.replace(tmp, out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir

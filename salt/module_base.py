@@ -56,7 +56,6 @@ from salt.data.transforms import normalize
 from salt.dist import sum_over_ranks
 from salt.health import NonFiniteGuard
 from salt.masks import MultiMaskCollator
-from salt.models import ROPE_CONVENTION
 from salt.optim import build_adamw, unwrap_optimizer
 from salt.schedules import WarmupCosineSchedule
 from salt.step import prepare_optimizer_step
@@ -466,7 +465,7 @@ class SaltModule(pl.LightningModule):
             "stage": self.stage,
             "encoder_config": dict(self.encoder.config),
             "encoder_prefix": "encoder.",
-            "rope_convention": ROPE_CONVENTION,
+            "rope_convention": self.encoder.rope_convention,
             "mean": list(self.mean),
             "std": list(self.std),
             "step": int(self.global_step),

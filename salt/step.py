@@ -107,7 +107,9 @@ def latent_targets(teacher: nn.Module, video: torch.Tensor, layer: int = -1) -> 
     if layer in (-1, depth - 1):
         h = teacher(video)  # [B, N, Dt]
     else:
-        h = teacher.forward_intermediates(video, [layer], norm=False)[0]  # [B, N, Dt]
+        h = teacher.forward_intermediates(
+            video, [layer], output_fmt="NLC", intermediates_only=True
+        )[0]  # [B, N, Dt]
     return F.layer_norm(h, (h.shape[-1],))
 
 

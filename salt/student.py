@@ -1,11 +1,12 @@
 """Stage 2 of SALT: a student ViT regresses a frozen teacher's latents.
 
-The teacher (a stage-1 checkpoint or an exported ``.safetensors``, loaded strictly through
-``salt.encoder_io``) runs once per clip on all tokens, without grad (bf16 under the Trainer's
-autocast); its last layer (or ``target_layer``) goes through a parameter-free LayerNorm; one batched
-gather picks each mask config's targets. The student encodes context tokens only; a narrow
-predictor (12 × 384) maps them to the target positions at the *teacher's* width; L1, averaged over
-the two mask configs. The parts and the step are ``salt.latent.LatentTargetModule``'s, shared with
+The teacher (a stage-1 checkpoint, an exported ``.safetensors``, or a V-JEPA 2 / VideoMAE encoder
+written by ``salt import``; loaded strictly through ``salt.encoder_io``) runs once per clip on all
+tokens, without grad (bf16 under the Trainer's autocast); its last layer (or ``target_layer``)
+goes through a parameter-free LayerNorm; one batched gather picks each mask config's targets. The
+student encodes context tokens only; a narrow predictor (12 × 384) maps them to the target
+positions at the *teacher's* width (which may differ from the student's); L1, averaged over the
+two mask configs. The parts and the step are ``salt.latent.LatentTargetModule``'s, shared with
 the V-JEPA EMA baseline (``salt.ema.EMAModule``, its own module).
 
 The teacher is held outside the module tree (``salt.latent``): absent from ``parameters()``,
@@ -55,15 +56,24 @@ EMA_MOVED = (
 
 
 def teacher_mismatches(teacher: VideoViT, meta: dict, student: StudentModule) -> list[str]:
-    """Every input-side setting in which the teacher differs from the student, as text."""
+    """Every input-side setting in which the teacher differs from the student, as text.
+
+    A salt teacher runs at the clip size it was trained at. An imported one (``salt import``)
+    whose positions come from each clip's grid (RoPE, 3D sin-cos: V-JEPA 2) runs at the
+    student's clip size, as V-JEPA 2 itself evaluates at other sizes than it trained at; one
+    that numbers a fixed grid (``sincos_1d``: VideoMAE) must see that grid.
+    """
     cfg = teacher.config
     pairs = [
         ("patch_size", cfg["patch_size"], student.encoder.patch_size),
         ("tubelet_size", cfg["tubelet_size"], student.encoder.tubelet_size),
         ("in_chans", cfg["in_chans"], student.encoder.config["in_chans"]),
-        ("num_frames (data.frames_per_clip)", cfg["num_frames"], student.num_frames),
-        ("img_size (data.crop_size)", list(cfg["img_size"]), [student.img_size] * 2),
     ]
+    if not (meta.get("stage") == "imported" and cfg["pos_embed"] in ("rope", "sincos")):
+        pairs += [
+            ("num_frames (data.frames_per_clip)", cfg["num_frames"], student.num_frames),
+            ("img_size (data.crop_size)", list(cfg["img_size"]), [student.img_size] * 2),
+        ]
     out = [f"{name}: teacher {a} vs student {b}" for name, a, b in pairs if a != b]
     for name in ("mean", "std"):
         a, b = list(meta[name]), getattr(student, name)
@@ -205,6 +215,8 @@ class StudentModule(LatentTargetModule):
             )
         # sha256 filled in once per job (setup) or on first read outside a Trainer
         self.teacher_info = {"path": str(Path(path).resolve()), "sha256": None}
+        if meta.get("stage") == "imported":  # which public model it came from
+            self.teacher_info["source"] = (meta.get("source") or {}).get("format")
         return encoder
 
     @property

@@ -137,3 +137,26 @@ def test_strict_errors(ckpt: Path, tmp_path: Path) -> None:
     assert not (tmp_path / "x.pt").exists()
     with pytest.raises(ValueError, match="only .* may be overridden"):
         load_encoder(ckpt, depth=3)
+
+
+def test_metadata_from_before_the_added_options_loads(ckpt: Path, tmp_path: Path) -> None:
+    """Checkpoints written before rope_pairing / norm_eps / final_norm existed load unchanged."""
+
+    def old(raw):
+        for key in ("rope_pairing", "norm_eps", "final_norm"):
+            raw["salt"]["encoder_config"].pop(key)
+
+    encoder, _ = load_encoder(_rewrite(ckpt, tmp_path / "old.ckpt", old))
+    current, _ = load_encoder(ckpt)
+    assert encoder.config == current.config
+    video = torch.randn(1, 3, 8, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(encoder(video), current(video))
+
+
+def test_checkpoint_records_its_encoders_rope_convention(shards: str, tmp_path: Path) -> None:  # noqa: F811
+    path = train_teacher_checkpoint(
+        tmp_path, shards, steps=2, encoder_kwargs={"patch_size": 8, "rope_pairing": "tiled"}
+    )
+    encoder, meta = load_encoder(path)
+    assert meta["rope_convention"] == "tiled-vjepa2-v1" and encoder.rope_pairing == "tiled"

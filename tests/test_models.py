@@ -205,20 +205,61 @@ def test_bad_inputs_are_clear_errors():
         create_encoder("vit_test", pos_embed="learned")
 
 
-def test_forward_intermediates():
-    model = create_encoder("vit_test")
-    x = clip()
-    idx = torch.tensor([[0, 5, 7], [3, 2, 9]])
-    first, last, last_normed = (
-        model.forward_intermediates(x, [0, -1], idx)[0],
-        model.forward_intermediates(x, [1], idx)[0],
-        model.forward_intermediates(x, [-1], idx, norm=True)[0],
-    )
-    torch.testing.assert_close(last_normed, model.forward_features(x, idx))
-    torch.testing.assert_close(model.norm(last), last_normed)
-    assert first.shape == (2, 3, 64) and not torch.allclose(first, last)
-    with pytest.raises(ValueError, match="layers"):
-        model.forward_intermediates(x, [2])
+def test_forward_intermediates_timm_meaning():
+    """timm's signature and meaning: indices None = all blocks, int n = the last n, a list =
+    those blocks in block order; (final normed, list) unless intermediates_only; NCTHW maps."""
+    model = create_encoder("vit_test", depth=3).eval()
+    x = clip()  # grid 2×2×3
+    with torch.no_grad():
+        final, blocks = model.forward_intermediates(x, output_fmt="NLC")
+        assert len(blocks) == 3 and torch.equal(final, model.forward_features(x))
+        assert torch.equal(model.norm(blocks[-1]), final)
+        for indices, take in ((None, [0, 1, 2]), (2, [1, 2]), ([-1, 0], [0, 2]), ([1, 1], [1])):
+            got = model.forward_intermediates(x, indices, output_fmt="NLC", intermediates_only=True)
+            assert len(got) == len(take)
+            assert all(torch.equal(g, blocks[i]) for g, i in zip(got, take, strict=True))
+        maps = model.forward_intermediates(x, [0], norm=True, intermediates_only=True)
+        assert maps[0].shape == (2, 64, 2, 2, 3)  # [B, D, T', H', W'], the default like timm's NCHW
+        tokens = model.norm(blocks[0])  # [B, N, D], N in T×H×W order
+        assert torch.equal(maps[0][:, :, 1, 0, 2], tokens[:, 1 * 6 + 0 * 3 + 2])
+        early_final, early = model.forward_intermediates(x, [0], stop_early=True, output_fmt="NLC")
+        assert torch.equal(early_final, model.norm(blocks[0])) and torch.equal(early[0], blocks[0])
+        as_dict = model.forward_intermediates(x, 1, output_fmt="NLC", output_dict=True)
+        assert set(as_dict) == {"image_intermediates", "image_features"}
+        # salt's extension: a token subset, as in forward_features
+        idx = torch.tensor([[0, 5, 7], [3, 2, 9]])
+        sub_final, _ = model.forward_intermediates(x, token_indices=idx, output_fmt="NLC")
+        assert torch.equal(sub_final, model.forward_features(x, idx))
+    with pytest.raises(ValueError, match="out of range"):
+        model.forward_intermediates(x, 4)
+    with pytest.raises(ValueError, match="indices must be"):
+        model.forward_intermediates(x, [3])
+    with pytest.raises(ValueError, match="NCTHW"):
+        model.forward_intermediates(x, output_fmt="NCHW")
+    with pytest.raises(ValueError, match="output_fmt='NLC'"):
+        model.forward_intermediates(x, token_indices=idx)
+    with pytest.raises(TypeError, match="token_indices="):  # the old positional call
+        model.forward_intermediates(x, [0], idx)
+
+
+def test_forward_intermediates_index_rule_is_timms():
+    from timm.models._features import feature_take_indices
+
+    model = create_encoder("vit_test", depth=5)
+    for indices in (None, 1, 3, 5, [0], [4, 0, 2], [-1, -5], [-2, 3]):
+        assert model._take_indices(indices) == sorted(set(feature_take_indices(5, indices)[0]))
+
+
+def test_timm_vit_returns_block_order():
+    """What the rule above mirrors: timm's ViT returns intermediates in block order."""
+    import timm
+
+    vit = timm.create_model("vit_tiny_patch16_224", img_size=32, depth=3, num_classes=0).eval()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        both = vit.forward_intermediates(x, [2, 0], intermediates_only=True)
+        first = vit.forward_intermediates(x, [0], intermediates_only=True)
+    assert torch.equal(both[0], first[0])
 
 
 def test_activation_checkpointing_same_values_and_grads():
@@ -347,3 +388,58 @@ def test_embed_tubelets_equals_conv3d():
     assert (low.float() - want).norm() / want.norm() < 1e-2
     got.square().sum().backward()
     assert model.patch_embed.weight.grad.abs().sum() > 0
+
+
+# --- options for other projects' weights (salt import) -------------------------------------------
+
+
+def test_norm_eps_and_final_norm_options():
+    model = create_encoder("vit_test", norm_eps=1e-12, final_norm=False).eval()
+    eps = {m.eps for m in model.modules() if isinstance(m, torch.nn.LayerNorm)}
+    assert eps == {1e-12} and isinstance(model.norm, torch.nn.Identity)
+    assert not any(k.startswith("norm.") for k in model.state_dict())
+    x = clip()
+    with torch.no_grad():
+        _, blocks = model.forward_intermediates(x, output_fmt="NLC")
+        assert torch.equal(model(x), blocks[-1])  # the last block's raw output
+
+
+def test_sincos_1d_positions():
+    model = create_encoder("vit_test", pos_embed="sincos_1d", img_size=32, num_frames=4).eval()
+    assert "pos_table" not in model.state_dict()  # fixed, not a weight
+    assert model.pos_table.shape == (2 * 2 * 2, 64)
+    x = clip(h=32, w=32)
+    with torch.no_grad():
+        idx = torch.tensor([[0, 5], [3, 6]])
+        swapped = torch.tensor([[5, 0], [6, 3]])
+        # positions come from the indices: permuting them permutes the outputs
+        assert torch.allclose(model(x, idx).flip(1), model(x, swapped), atol=1e-6)
+    with pytest.raises(ValueError, match="nominal 2×2×2 grid"):
+        model(clip(h=32, w=48))
+
+
+def test_from_config_is_strict_and_fills_added_defaults():
+    model = create_encoder("vit_test")
+    old = {k: v for k, v in model.config.items() if k not in ("rope_pairing", "norm_eps",
+                                                                "final_norm")}  # fmt: skip
+    rebuilt = VideoViT.from_config(old, "interleaved-v1")
+    assert rebuilt.config == model.config
+    with pytest.raises(ValueError, match=r"unknown keys \['registers'\]"):
+        VideoViT.from_config({**old, "registers": 4})
+    with pytest.raises(ValueError, match="RoPE convention mismatch"):
+        VideoViT.from_config({**old, "rope_pairing": "tiled"}, "interleaved-v1")
+    assert VideoViT.from_config(
+        {**old, "rope_pairing": "tiled"}, "tiled-vjepa2-v1"
+    ).rope_convention == ("tiled-vjepa2-v1")
+    with pytest.raises(ValueError, match="may be overridden"):
+        VideoViT.from_config(old, depth=3)
+    with pytest.raises(ValueError, match="rope_pairing"):
+        create_encoder("vit_test", rope_pairing="halves")
+
+
+def test_tiled_pairing_changes_features():
+    a = create_encoder("vit_test").eval()
+    b = create_encoder("vit_test", rope_pairing="tiled").eval()
+    b.load_state_dict(a.state_dict())
+    with torch.no_grad():
+        assert not torch.allclose(a(clip()), b(clip()), atol=1e-4)

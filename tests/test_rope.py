@@ -1,5 +1,6 @@
 """3D RoPE: interleaved pairing against an independent float64 reference, the relative-position
-property, index → (t, h, w) coordinates, and the sin-cos option's table."""
+property, the tiled pairing (V-JEPA 2's tables, for its weights) against a per-channel reference,
+index → (t, h, w) coordinates, and the sin-cos option's table."""
 
 import math
 
@@ -9,8 +10,10 @@ import torch
 from salt.models.pos_embed import sincos_embed_3d
 from salt.models.rope import (
     ROPE_CONVENTION,
+    ROPE_CONVENTIONS,
     apply_rope,
     rope_axis_dim,
+    rope_convention,
     rope_cos_sin,
     token_coords,
 )
@@ -38,6 +41,40 @@ def rotate(x: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
 
 def test_convention_name():
     assert ROPE_CONVENTION == "interleaved-v1"
+    assert ROPE_CONVENTIONS == {"interleaved": "interleaved-v1", "tiled": "tiled-vjepa2-v1"}
+    assert rope_convention("tiled") == "tiled-vjepa2-v1"
+    with pytest.raises(ValueError, match="pairing"):
+        rope_cos_sin(torch.zeros(1, 3), 16, pairing="halves")
+
+
+def naive_tiled_rope(x: torch.Tensor, pos: tuple[int, int, int]) -> torch.Tensor:
+    """V-JEPA 2's tiled layout, channel by channel in float64: within an axis chunk of size d,
+    channel c uses ω_(c mod d/2), and channels (2i, 2i+1) rotate as a pair."""
+    hd = x.shape[0]
+    d = (hd // 3) // 2 * 2
+    out = x.clone().double()
+    for axis in range(3):
+        for i in range(d // 2):
+            a, b = axis * d + 2 * i, axis * d + 2 * i + 1
+            ta = pos[axis] * 10000.0 ** (-((2 * i) % (d // 2)) / (d / 2))
+            tb = pos[axis] * 10000.0 ** (-((2 * i + 1) % (d // 2)) / (d / 2))
+            out[a] = x[a] * math.cos(ta) - x[b] * math.sin(ta)
+            out[b] = x[b] * math.cos(tb) + x[a] * math.sin(tb)
+    return out
+
+
+@pytest.mark.parametrize("head_dim", [20, 64])
+def test_tiled_pairing_matches_per_channel_reference(head_dim):
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(5, head_dim, generator=g, dtype=torch.float64)
+    coords = torch.randint(0, 9, (5, 3), generator=g)
+    cos, sin = rope_cos_sin(coords, head_dim, pairing="tiled")
+    ours = apply_rope(x, cos.double(), sin.double())
+    for row in range(5):
+        ref = naive_tiled_rope(x[row], tuple(coords[row].tolist()))
+        torch.testing.assert_close(ours[row], ref, atol=1e-5, rtol=0)
+    plain = rope_cos_sin(coords, head_dim)[0]
+    assert not torch.allclose(cos, plain)  # the two pairings differ
 
 
 @pytest.mark.parametrize(("head_dim", "axis_dim"), [(16, 4), (32, 10), (64, 20), (80, 26)])
@@ -83,18 +120,16 @@ def test_logits_invariant_to_common_shift(head_dim):
 
 
 def test_tiled_pairing_would_fail_the_shift_check():
-    """The check above catches V-JEPA 2's tiled frequencies (pair channels at different ω)."""
-    hd, d = 64, 20
+    """The check above catches V-JEPA 2's tiled frequencies (pair channels at different ω): salt
+    runs them only to reproduce weights trained with them."""
+    hd = 64
     g = torch.Generator().manual_seed(2)
     q = torch.randn(10, hd, generator=g, dtype=torch.float64)
     k = torch.randn(10, hd, generator=g, dtype=torch.float64)
 
     def tiled(x, pos):
-        omega = 10000.0 ** -(torch.arange(d // 2, dtype=torch.float64) / (d / 2))
-        ang = (pos.double().unsqueeze(-1) * omega).repeat(1, 1, 2).flatten(-2)  # tiled, not paired
-        cos = torch.cat((ang.cos(), torch.ones(len(x), hd - 3 * d, dtype=torch.float64)), -1)
-        sin = torch.cat((ang.sin(), torch.zeros(len(x), hd - 3 * d, dtype=torch.float64)), -1)
-        return apply_rope(x, cos, sin)
+        cos, sin = rope_cos_sin(pos, hd, pairing="tiled")
+        return apply_rope(x, cos.double(), sin.double())
 
     c = torch.randint(0, 8, (10, 3), generator=g)
     shift = torch.tensor([3, -2, 5])

@@ -454,10 +454,9 @@ class SaltModule(pl.LightningModule):
         return value
 
     def tracking_tags(self) -> dict[str, str]:
-        """MLflow tags of this run (``salt.tracking.TrackingCallback`` adds kind and paths)."""
-        from salt.resume import attempt_info
-
-        return {"salt.stage": self.stage, "salt.attempt": str(attempt_info()["attempt"])}
+        """MLflow tags of this run (``salt.tracking.TrackingCallback`` adds kind and paths; the
+        job's attempt and restart tags come from ``salt.run_tags`` where a job sets them)."""
+        return {"salt.stage": self.stage}
 
     def checkpoint_metadata(self) -> dict[str, Any]:
         """``ckpt["salt"]`` (docs/architecture.md); plain Python types only (weights_only-safe)."""

@@ -1,4 +1,4 @@
-"""AdamW with the SALT / V-JEPA parameter groups (SPEC.md "Optimisation").
+"""AdamW with the SALT / V-JEPA parameter groups (docs/method.md, "Optimisation").
 
 Two groups: weights that decay, and everything that must not — biases, norm parameters, every
 other 1-D parameter and the predictor / decoder mask tokens. AdamW uses β = (0.9, 0.95) and the

@@ -10,7 +10,7 @@ only in where the target encoder comes from and whether it moves:
   moving average after every optimizer step.
 
 ``LatentTargetModule`` holds the parts and the step they share; the per-step compute itself is
-``salt.step.latent_targets`` + ``gather_mask_targets`` + ``latent_loss`` (what ``salt fit`` and the
+``salt.step.latent_targets`` + ``gather_mask_targets`` + ``masked_regression_loss`` (what ``salt fit`` and the
 benchmarks run).
 
 How the target encoder stays out of training and out of DDP/FSDP: it is held in a plain Python
@@ -32,7 +32,7 @@ from torch import nn
 from salt.errors import UsageError
 from salt.models import Predictor, VideoViT, check_sdpa_kernel, create_encoder, set_sdpa_kernel
 from salt.module_base import SaltModule
-from salt.step import gather_mask_targets, latent_loss, latent_targets
+from salt.step import gather_mask_targets, latent_targets, masked_regression_loss
 
 # SDPA kernel per call site (salt.models.attention): the target encoder always attends over all
 # tokens of a clip, one fixed length, so cuDNN's per-length plan is built once and its kernel is
@@ -170,7 +170,7 @@ class LatentTargetModule(SaltModule):
         clip = self.target_input(video)
         targets = latent_targets(teacher.encoder, clip, self.target_layer)  # [B, N, Dt]
         per_mask = gather_mask_targets(targets, batch["masks"])  # [[B, nt_m, Dt], ...]
-        return latent_loss(
+        return masked_regression_loss(
             self.encoder,
             self.predictor,
             video,

@@ -8,7 +8,7 @@
 - optimisation: fused AdamW with SALT param groups, warmup→cosine lr and cosine weight decay keyed
   on optimizer steps (``salt.optim``, ``salt.schedules``); gradient-norm clipping from
   ``trainer.gradient_clip_val``; a non-finite loss or gradient skips the update on the device
-  (``salt.step.prepare_optimizer_step``) and ``max_nonfinite`` skips in a row abort the run;
+  (``salt.optim.prepare_optimizer_step``) and ``max_nonfinite`` skips in a row abort the run;
 - the skip is agreed by every rank without a collective of its own: a rank whose loss is not
   finite multiplies it by NaN, so its gradients are NaN (an L1 loss of NaN targets alone would
   not make them so: the backward of ``|x|`` at NaN is 0), the gradient all-reduce the step does
@@ -55,9 +55,8 @@ from salt.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize
 from salt.dist import sum_over_ranks
 from salt.health import NonFiniteGuard
 from salt.masks import MultiMaskCollator
-from salt.optim import build_adamw, unwrap_optimizer
+from salt.optim import build_adamw, prepare_optimizer_step, unwrap_optimizer
 from salt.schedules import WarmupCosineSchedule
-from salt.step import prepare_optimizer_step
 
 log = logging.getLogger(__name__)
 COMPILE_SCOPES = ("blocks", "modules")

@@ -7,7 +7,7 @@ Every clip gets both mask configs, and the encoder runs once per config on that 
 Only the encoder is kept for stage 2 (``load_encoder`` / ``salt export`` read ``encoder.*``); the
 decoder is dropped.
 
-Per-step compute lives in ``salt.step.pixel_loss``; ``training_loss(batch)`` is the Trainer-free
+Per-step compute lives in ``salt.step`` (``pixel_targets``, ``masked_regression_loss``); ``training_loss(batch)`` is the Trainer-free
 entry point the GPU benchmark calls.
 """
 
@@ -20,7 +20,7 @@ from torch import nn
 
 from salt.models import PixelDecoder, create_encoder
 from salt.module_base import SaltModule
-from salt.step import pixel_loss
+from salt.step import masked_regression_loss, pixel_targets
 
 
 class TeacherModule(SaltModule):
@@ -89,19 +89,16 @@ class TeacherModule(SaltModule):
     def training_loss(
         self, batch: dict, health: bool = False
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Norm-pix reconstruction loss of one batch (``salt.step.pixel_loss``).
+        """Norm-pix reconstruction loss of one batch (``salt.step.masked_regression_loss``).
 
         Args:
             batch: ``{"video": uint8 [B, C, T, H, W], "masks": [(ctx, tgt), ...]}`` on the device.
             health: also compute RankMe and prediction / target std.
         """
         video = self.normalize(batch["video"])  # [B, C, T, H, W] float32
-        return pixel_loss(
-            self.encoder,
-            self.decoder,
-            video,
-            batch["masks"],
-            loss=self.loss_kind,
-            norm_pix_eps=self.norm_pix_eps,
-            health=health,
+        enc = self.encoder
+        masks = batch["masks"]
+        targets = pixel_targets(video, masks, enc.patch_size, enc.tubelet_size, self.norm_pix_eps)
+        return masked_regression_loss(
+            enc, self.decoder, video, masks, targets, loss=self.loss_kind, health=health
         )

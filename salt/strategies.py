@@ -3,18 +3,19 @@
 Kept out of `models/` (which never imports torch.distributed) and out of the LightningModules:
 the method code is the same on one CPU and on 64 GPUs; this file decides how it is spread.
 
-- `SaltDDPStrategy` (configs/strategy/ddp.yaml): Lightning's DDP, except that frozen submodules
-  (the stage-2 teacher) are put on DDP's ignore list: never broadcast, never bucketed, never
-  reduced. Each rank loads the same teacher file, so nothing needs syncing.
+The frozen stage-2 teacher (and the EMA target encoder) needs nothing from either strategy: the
+module holds it outside its module tree (`salt.latent`), so it is absent from what DDP wraps and
+what FSDP shards, and every rank moves its own full copy to its device. Each rank loads the same
+teacher file, so nothing needs syncing.
+
+- `SaltDDPStrategy` (configs/strategy/ddp.yaml): Lightning's DDP with salt's defaults
+  (`gradient_as_bucket_view`, no unused-parameter search).
 - `SaltFSDPStrategy` (configs/strategy/fsdp.yaml): PyTorch's FSDP2 (`fully_shard`, DTensor
   parameters) through Lightning's `ModelParallelStrategy`, with the sharding applied here rather
   than in a `configure_model` hook: one FSDP unit per transformer `Block` (encoder, predictor,
-  pixel decoder), then one per trainable top-level child (its embeddings and norms). The frozen
-  teacher is not sharded: it stays a plain replicated module on every GPU (it needs every weight
-  for every forward, and has no gradients or optimizer state to save memory on). Activation
+  pixel decoder), then one per trainable top-level child (its embeddings and norms). Activation
   checkpointing uses the models' own per-block switch (`act_checkpoint`). Checkpoints are sharded
-  folders (torch.distributed.checkpoint); `consolidate_checkpoint` turns one into a single
-  Lightning checkpoint file that `salt.encoder_io.export_encoder` can export.
+  folders (torch.distributed.checkpoint); `salt export` reads them (`salt.checkpointing`).
   FSDP2 rather than FSDP1: it runs on CPU with gloo (so it is tested here) and is PyTorch's
   supported path; FSDP1 needs an accelerator.
 """
@@ -33,7 +34,6 @@ import torch
 from lightning_fabric.plugins.collectives.torch_collective import default_pg_timeout
 from pytorch_lightning.strategies import DDPStrategy, ModelParallelStrategy
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
 log = logging.getLogger(__name__)
 
@@ -43,50 +43,11 @@ FORWARD_METHODS = ("forward_features", "forward_intermediates")
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
-# --------------------------------------------------------------------------- frozen parts
-
-
-def frozen_submodules(module: nn.Module) -> list[tuple[str, nn.Module]]:
-    """The top-most submodules whose parameters are all frozen (the stage-2 teacher).
-
-    A module may name them itself with a `frozen_modules() -> dict[str, nn.Module]` method;
-    otherwise every child with parameters, none of which requires grad, counts (recursing into
-    children that mix frozen and trainable parameters).
-    """
-    explicit = getattr(module, "frozen_modules", None)
-    if callable(explicit):
-        return list(explicit().items())
-    found: list[tuple[str, nn.Module]] = []
-
-    def visit(prefix: str, m: nn.Module) -> None:
-        for name, child in m.named_children():
-            params = list(child.parameters())
-            if not params:
-                continue
-            full = f"{prefix}{name}"
-            if not any(p.requires_grad for p in params):
-                found.append((full, child))
-            elif not all(p.requires_grad for p in params):
-                visit(f"{full}.", child)
-
-    visit("", module)
-    return found
-
-
-def frozen_state_names(module: nn.Module) -> list[str]:
-    """Fully qualified names of every parameter and buffer inside the frozen submodules."""
-    names = []
-    for prefix, sub in frozen_submodules(module):
-        names += [f"{prefix}.{n}" for n, _ in sub.named_parameters()]
-        names += [f"{prefix}.{n}" for n, _ in sub.named_buffers()]
-    return names
-
-
 # --------------------------------------------------------------------------- DDP
 
 
 class SaltDDPStrategy(DDPStrategy):
-    """Lightning's DDP with the frozen teacher on DDP's ignore list (see module docstring).
+    """Lightning's DDP with salt's defaults (the teacher is outside the module: see above).
 
     Args:
         find_unused_parameters: DDP's search for parameters without gradients (slow; off).
@@ -112,14 +73,6 @@ class SaltDDPStrategy(DDPStrategy):
             static_graph=static_graph,
         )
 
-    def _setup_model(self, model: nn.Module) -> DistributedDataParallel:
-        ignored = frozen_state_names(model)
-        if ignored:
-            # public-by-convention hook DDP reads at construction (torch keeps it for FSDP/DDP mixes)
-            DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, ignored)
-            log.info("DDP ignores %d frozen tensors (%s...)", len(ignored), ignored[0])
-        return super()._setup_model(model)
-
 
 # --------------------------------------------------------------------------- FSDP2
 
@@ -140,11 +93,11 @@ def shard_module(
 ) -> dict[str, list[str]]:
     """Apply FSDP2 to `module` in place: each wrap-class block, then each trainable top-level child.
 
-    Frozen submodules (`frozen_submodules`) are left whole. Trainable parameters owned directly by
+    Children without trainable parameters are left whole. Trainable parameters owned directly by
     `module` (outside any child) would never be reduced, so they are an error.
 
     Returns:
-        {"blocks": [...], "roots": [...], "frozen": [...]}: names of what was sharded / left out.
+        {"blocks": [...], "roots": [...]}: names of the sharded units.
     """
     from torch.distributed.fsdp import (
         MixedPrecisionPolicy,
@@ -162,8 +115,6 @@ def shard_module(
         wrap_classes = tuple(_import_class(p) for p in DEFAULT_WRAP_CLASSES)
     wrap_classes = tuple(wrap_classes)
     mp_policy = mp_policy or MixedPrecisionPolicy()
-    frozen = frozen_submodules(module)
-    frozen_ids = {id(m) for _, m in frozen}
     direct = [n for n, p in module.named_parameters(recurse=False) if p.requires_grad]
     if direct:
         raise ValueError(
@@ -171,31 +122,23 @@ def shard_module(
             "would not be sharded or reduced; move them into a submodule"
         )
     kw = {"mesh": mesh, "reshard_after_forward": reshard_after_forward, "mp_policy": mp_policy}
-    report: dict[str, list[str]] = {"blocks": [], "roots": [], "frozen": [n for n, _ in frozen]}
-
-    def trainable_modules(prefix: str, m: nn.Module):  # depth-first, skipping frozen subtrees
-        for name, child in m.named_children():
-            if id(child) in frozen_ids:
-                continue
-            yield f"{prefix}{name}", child
-            yield from trainable_modules(f"{prefix}{name}.", child)
-
+    report: dict[str, list[str]] = {"blocks": [], "roots": []}
     # bottom-up: blocks first, so each parent unit only holds what its blocks do not
-    for name, child in trainable_modules("", module):
+    for name, child in module.named_modules():
+        if not name:
+            continue
         if isinstance(child, wrap_classes):
             fully_shard(child, **kw)
             report["blocks"].append(name)
         if activation_checkpointing and hasattr(child, "act_checkpoint"):
             child.act_checkpoint = True  # models/ recompute their blocks in backward
     for name, child in module.named_children():
-        if id(child) in frozen_ids or not any(p.requires_grad for p in child.parameters()):
+        if not any(p.requires_grad for p in child.parameters()):
             continue
         if isinstance(child, wrap_classes):
             continue  # already a unit
         # last unit (the root of this child): its forward is the one that waits for reductions
-        own = set(child.parameters())
-        ignored = {p for _, m in frozen for p in m.parameters() if p in own}
-        fully_shard(child, **{**kw, "reshard_after_forward": False}, ignored_params=ignored or None)
+        fully_shard(child, **{**kw, "reshard_after_forward": False})
         for method in FORWARD_METHODS:
             if callable(getattr(child, method, None)):
                 register_fsdp_forward_method(child, method)
@@ -319,7 +262,7 @@ class SaltFSDPStrategy(ModelParallelStrategy):
             param_dtype=_DTYPES.get(self.param_dtype or ""),
             reduce_dtype=_DTYPES.get(self.reduce_dtype or ""),
         )
-        self.model.to(self.root_device)  # the frozen teacher included: it is not sharded
+        self.model.to(self.root_device)
         self.shard_report = shard_module(
             self.model,
             self.device_mesh,
@@ -331,8 +274,7 @@ class SaltFSDPStrategy(ModelParallelStrategy):
         if self.global_rank == 0:
             r = self.shard_report
             print(
-                f"[salt.strategies] FSDP2: {len(r['blocks'])} block units, roots {r['roots']}, "
-                f"frozen (replicated) {r['frozen']}",
+                f"[salt.strategies] FSDP2: {len(r['blocks'])} block units, roots {r['roots']}",
                 flush=True,
             )
         self.model = self.precision_plugin.convert_module(self.model)

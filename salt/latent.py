@@ -38,7 +38,7 @@ from salt.step import gather_mask_targets, latent_targets, masked_regression_los
 # tokens of a clip, one fixed length, so cuDNN's per-length plan is built once and its kernel is
 # the fastest there; the encoder's context and the predictor's context + targets change length
 # with every batch's masks, where FlashAttention-2 has no per-length cost (and is the faster one
-# at short context lengths). Numbers: benchmarks/RESULTS.md, "GPU training step, round 2".
+# at short context lengths). See benchmarks/RESULTS.md (`step_throughput.py --suite perf`).
 DEFAULT_SDPA_KERNELS = {"teacher": "cudnn", "encoder": "flash", "predictor": "flash"}
 
 

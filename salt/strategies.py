@@ -15,7 +15,8 @@ teacher file, so nothing needs syncing.
   than in a `configure_model` hook: one FSDP unit per transformer `Block` (encoder, predictor,
   pixel decoder), then one per trainable top-level child (its embeddings and norms). Activation
   checkpointing uses the models' own per-block switch (`act_checkpoint`). Checkpoints are sharded
-  folders (torch.distributed.checkpoint); `salt export` reads them (`salt.checkpointing`).
+  folders (torch.distributed.checkpoint); `salt export` reads them, and
+  `salt.checkpointing.consolidate_checkpoint` turns one into a single Lightning file.
   FSDP2 rather than FSDP1: it runs on CPU with gloo (so it is tested here) and is PyTorch's
   supported path; FSDP1 needs an accelerator.
 """
@@ -23,7 +24,6 @@ teacher file, so nothing needs syncing.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterable
 from datetime import timedelta
 from pathlib import Path
@@ -34,6 +34,9 @@ import torch
 from lightning_fabric.plugins.collectives.torch_collective import default_pg_timeout
 from pytorch_lightning.strategies import DDPStrategy, ModelParallelStrategy
 from torch import nn
+
+# re-exported: sharded checkpoints are written here, consolidated and exported there
+from salt.checkpointing import consolidate_checkpoint, export_sharded_encoder, replace_dir
 
 log = logging.getLogger(__name__)
 
@@ -221,18 +224,13 @@ class SaltFSDPStrategy(ModelParallelStrategy):
 
         path = Path(self.broadcast(str(filepath)))
         tmp = path.with_name(f".{path.name}.tmp")
-        old = path.with_name(f".{path.name}.old")
         if self.global_rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)
         self.barrier("salt.fsdp.save.start")
         super().save_checkpoint(checkpoint, tmp, storage_options)
         self.barrier("salt.fsdp.save.written")
         if self.global_rank == 0:
-            shutil.rmtree(old, ignore_errors=True)
-            if path.exists():
-                os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
+            replace_dir(tmp, path)
         self.barrier("salt.fsdp.save.done")
         return None
 
@@ -297,61 +295,10 @@ def build_strategy(name: str = "ddp", **kwargs: Any) -> str | pl.strategies.Stra
     raise ValueError(f"unknown strategy {name!r}; expected 'ddp', 'fsdp' or 'auto'")
 
 
-# --------------------------------------------------------------------------- consolidation
-
-
-def consolidate_checkpoint(sharded_dir: str | Path, out: str | Path) -> Path:
-    """Sharded FSDP checkpoint folder → one Lightning checkpoint file (weights + metadata).
-
-    Loads only the model weights (not the optimizer shards) on one process, without a process
-    group. The result loads like any single-file checkpoint (`salt.encoder_io.load_encoder`,
-    `export_encoder`); it cannot resume training (no optimizer state).
-    """
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
-
-    from salt.checkpointing import atomic_torch_save, load_checkpoint_file
-
-    sharded_dir, out = Path(sharded_dir), Path(out)
-    meta_file = sharded_dir / "meta.pt"
-    if not meta_file.is_file():
-        raise FileNotFoundError(f"{sharded_dir} is not a sharded checkpoint (no meta.pt)")
-    reader = dcp.FileSystemReader(str(sharded_dir))
-    prefix = "state_dict."
-    weights: dict[str, torch.Tensor] = {}
-    skipped = []
-    for key, md in reader.read_metadata().state_dict_metadata.items():
-        if not key.startswith(prefix):
-            continue  # optimizer shards
-        if not isinstance(md, TensorStorageMetadata):
-            skipped.append(key)
-            continue
-        weights[key[len(prefix) :]] = torch.empty(md.size, dtype=md.properties.dtype)
-    if skipped:
-        raise ValueError(f"non-tensor entries in the model state of {sharded_dir}: {skipped}")
-    if not weights:
-        raise ValueError(f"{sharded_dir} holds no model weights under '{prefix}'")
-    state = {"state_dict": weights}
-    dcp.load(state, storage_reader=reader, no_dist=True)
-    ckpt = load_checkpoint_file(meta_file)
-    ckpt["state_dict"] = state["state_dict"]
-    atomic_torch_save(ckpt, out)
-    return out
-
-
-def export_sharded_encoder(sharded_dir: str | Path, out: str | Path) -> Path:
-    """Sharded checkpoint folder → consolidated `.ckpt` beside `out` → exported encoder `out`."""
-    from salt.encoder_io import export_encoder
-
-    out = Path(out)
-    full = out.with_name(out.stem + "-consolidated.ckpt")
-    consolidate_checkpoint(sharded_dir, full)
-    export_encoder(full, out)
-    return out
-
-
 def main(argv: list[str] | None = None) -> None:
-    """`python -m salt.strategies export SHARDED_DIR OUT.safetensors` (or `consolidate DIR OUT.ckpt`)."""
+    """`python -m salt.strategies export SHARDED_DIR OUT.safetensors` (or `consolidate DIR OUT.ckpt`).
+
+    Kept for scripts that call it; `salt export SHARDED_DIR OUT` does the same export."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m salt.strategies")

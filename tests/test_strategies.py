@@ -23,6 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from train_helpers import module_kwargs, shards, train_teacher_checkpoint  # noqa: F401
 
+from salt.checkpointing import consolidate_checkpoint
 from salt.models import create_encoder
 from salt.models.block import Block
 from salt.models.predictor import Predictor
@@ -30,7 +31,6 @@ from salt.strategies import (
     SaltDDPStrategy,
     SaltFSDPStrategy,
     build_strategy,
-    consolidate_checkpoint,
 )
 
 ENC = {"img_size": 32, "num_frames": 4}  # vit_test on a 2×2×2 token grid
@@ -294,8 +294,8 @@ def test_fsdp_salt_fit_student_sharded_checkpoint_exports(tmp_path: Path, shards
     written atomically (`last.ckpt` a symlink to the newest, `meta.pt` weights_only-safe), the
     exported encoder loads strictly, and a LiveProbe runs with every rank joining the sharded
     encoder's forwards (on rank 0 alone it deadlocked in the first parameter all-gather)."""
+    from salt.checkpointing import export_sharded_encoder
     from salt.encoder_io import load_encoder
-    from salt.strategies import export_sharded_encoder
 
     teacher = train_teacher_checkpoint(tmp_path / "teacher", shards, steps=2)
     repo = Path(__file__).resolve().parents[1]

@@ -143,21 +143,22 @@ class ScheduleProbe(pl.Callback):
 def test_longer_resume_rederives_lr_and_ema_together(shards: str, tmp_path: Path) -> None:  # noqa: F811
     """Train 40 steps, resume the run to 80: from step 40 on, lr, weight decay and the EMA
     momentum all follow the 80-step schedules (the landed code kept lr at final_lr)."""
+    from salt.ema import EMAModule
     from salt.schedules import cosine, linear, warmup_cosine
-    from salt.student import StudentModule
 
     kw = module_kwargs(
-        "student", teacher="ema", ema_momentum=0.5, ema_final_momentum=1.0, warmup_steps=4
-    )
+        "student", ema_momentum=0.5, ema_final_momentum=1.0, warmup_steps=4,
+        lr_schedule="cosine", final_weight_decay=0.4,
+    )  # fmt: skip
     first = ScheduleProbe()
     t = trainer(tmp_path, 40, callbacks=[first])
-    t.fit(StudentModule(**kw), datamodule=datamodule(shards, batch_size=2))
+    t.fit(EMAModule(**kw), datamodule=datamodule(shards, batch_size=2))
     ckpt = tmp_path / "step40.ckpt"
     t.save_checkpoint(ckpt)
 
     second = ScheduleProbe()
     t2 = trainer(tmp_path, 80, callbacks=[second])
-    t2.fit(StudentModule(**kw), datamodule=datamodule(shards, batch_size=2), ckpt_path=str(ckpt))
+    t2.fit(EMAModule(**kw), datamodule=datamodule(shards, batch_size=2), ckpt_path=str(ckpt))
     lrs = (kw["start_lr"], kw["lr"], kw["final_lr"])
     # the first run followed its own 40-step schedules (the momentum of step s is m(s))
     assert [first.lr[s] for s in range(40)] == pytest.approx(
@@ -175,7 +176,7 @@ def test_longer_resume_rederives_lr_and_ema_together(shards: str, tmp_path: Path
     assert [second.momentum[s] for s in range(40, 80)] == pytest.approx(
         [linear(s, 80, 0.5, 1.0) for s in range(40, 80)], abs=2e-3
     )
-    wds = (0.04, 0.4)  # StudentModule defaults
+    wds = (0.04, 0.4)  # SALT's weight-decay schedule (set above; EMAModule's default is flat)
     assert [second.wd[s] for s in range(40, 80)] == pytest.approx(
         [cosine(s, 80, *wds) for s in range(40, 80)], rel=1e-9
     )

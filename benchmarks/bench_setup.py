@@ -11,7 +11,7 @@
   same functions, called in the same order.
 - ``make_train_step``: one step the way Lightning's automatic optimisation runs it with
   ``precision="bf16-mixed"``: zero_grad → autocast(bf16) ``training_loss`` → backward →
-  ``salt.step.prepare_optimizer_step`` (grad norm, clipping, non-finite skip; what
+  ``salt.optim.prepare_optimizer_step`` (grad norm, clipping, non-finite skip; what
   ``on_before_optimizer_step`` calls) → ``optimizer.step()`` → lr/wd schedule step.
 - ``synthetic_batches``: uint8 clips already on the device, masks from the module's own
   ``MultiMaskCollator`` (the DataModule attaches exactly these).
@@ -32,12 +32,12 @@ import torch
 from salt.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from salt.models import ROPE_CONVENTION, create_encoder
 from salt.module_base import SaltModule, compile_modules
-from salt.step import prepare_optimizer_step
+from salt.optim import prepare_optimizer_step
 from salt.student import StudentModule
 from salt.teacher import TeacherModule
 
 # What the benchmark calls, by identity: tests/test_benchmarks.py asserts these are the objects
-# `salt fit` runs (the LightningModules' own methods and salt.step's optimizer-step function).
+# `salt fit` runs (the LightningModules' own methods and salt.optim's optimizer-step function).
 STEP_FUNCTIONS = {
     "student": StudentModule.training_loss,
     "teacher": TeacherModule.training_loss,

@@ -30,10 +30,10 @@ from salt.data.synthetic import clip_rng, motion_frames
 from salt.data.transforms import train_transform
 from salt.demo import MASKS, PROBE, PROBE_OVERRIDES
 from salt.module_base import SaltModule
+from salt.optim import prepare_optimizer_step
 from salt.probes.config import load_config
 from salt.probes.features import FeatureSet, encode_clips
 from salt.probes.protocol import probe_features, random_like, score
-from salt.step import prepare_optimizer_step
 from salt.student import StudentModule
 from salt.teacher import TeacherModule
 

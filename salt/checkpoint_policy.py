@@ -5,8 +5,8 @@
 
 - every ``--checkpoint_every`` optimizer steps, and/or
 - every ``--checkpoint_minutes`` minutes of wall time since the previous periodic checkpoint (or
-  the start of this attempt): what bounds the work a node loss costs when steps are slow (5000
-  ViT-g steps on 512 GPUs are ≈ 80 min). Ranks read their own clocks; the decision is agreed with
+  the start of this attempt): what bounds the work a node loss costs when steps are slow (ViT-g
+  at scale: see benchmarks/RESULTS.md). Ranks read their own clocks; the decision is agreed with
   one OR over ranks, carried by the requeue vote ``salt.resume.SlurmRequeue`` already takes at
   every step under Slurm (else one gloo all-reduce of one int per step, only when this option is
   on), so every rank saves at the same step;

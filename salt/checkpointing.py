@@ -1,4 +1,4 @@
-"""Checkpoint files: atomic writes, trusted-format reads, and the periodic-checkpoint policy.
+"""Checkpoint files: atomic writes, trusted-format reads, consolidation and export.
 
 - Writes: every file goes to a temporary name in the *same* directory, is flushed and fsync'ed,
   and only then ``os.replace``d over the target (atomic on POSIX filesystems), after which the
@@ -11,6 +11,10 @@
   resumes go through) use ``weights_only=True`` with ``SAFE_GLOBALS`` allowed. torch ≥ 2.10 is
   required: ``weights_only=True`` could be bypassed to run code before 2.6 (CVE-2025-32434) and
   could corrupt memory before 2.10 (CVE-2026-24747).
+- Folders (a sharded FSDP checkpoint, a Hugging Face export) are written under a hidden name
+  and put in place by ``replace_dir``.
+- Sharded FSDP checkpoint folders: ``consolidate_checkpoint`` turns one into a single Lightning
+  file; ``export_checkpoint`` (``salt export``) exports the encoder of a file or of a folder.
 - Policy (``SaltCheckpoint``, ``salt.checkpoint_policy``): periodic ``step=NNNNNNN.ckpt`` every N
   optimizer steps and/or every M minutes, the newest K kept, ``last.ckpt`` a link to the newest.
 """
@@ -19,6 +23,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -77,6 +83,23 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     _fsync_dir(path.parent)
 
 
+def replace_dir(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Put the finished folder ``tmp`` (beside ``path``) in place of ``path``.
+
+    An existing ``path`` is first renamed to a hidden name, so at every moment ``path`` is either
+    the old complete folder or the new one (never a mix), then deleted; the directory entry is
+    fsync'ed. (``os.replace`` cannot put a folder over a non-empty one in one step.)
+    """
+    tmp, path = Path(tmp), Path(path)
+    old = path.with_name(f".{path.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if path.exists() or path.is_symlink():
+        os.replace(path, old)
+    os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
+    _fsync_dir(path.parent)
+
+
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save`` with the ``atomic_path`` guarantee."""
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
@@ -127,3 +150,85 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             super().save_checkpoint(checkpoint, path)
             return
         atomic_torch_save(checkpoint, path)
+
+
+def is_sharded_checkpoint(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a sharded (FSDP, torch.distributed.checkpoint) checkpoint folder."""
+    return Path(path).is_dir() and (Path(path) / "meta.pt").is_file()
+
+
+def consolidate_checkpoint(sharded_dir: str | Path, out: str | Path) -> Path:
+    """Sharded FSDP checkpoint folder → one Lightning checkpoint file (weights + metadata).
+
+    Loads only the model weights (not the optimizer shards) on one process, without a process
+    group. The result loads like any single-file checkpoint (`salt.encoder_io.load_encoder`,
+    `export_encoder`); it cannot resume training (no optimizer state).
+    """
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    sharded_dir, out = Path(sharded_dir), Path(out)
+    meta_file = sharded_dir / "meta.pt"
+    if not meta_file.is_file():
+        raise FileNotFoundError(f"{sharded_dir} is not a sharded checkpoint (no meta.pt)")
+    reader = dcp.FileSystemReader(str(sharded_dir))
+    prefix = "state_dict."
+    weights: dict[str, torch.Tensor] = {}
+    skipped = []
+    for key, md in reader.read_metadata().state_dict_metadata.items():
+        if not key.startswith(prefix):
+            continue  # optimizer shards
+        if not isinstance(md, TensorStorageMetadata):
+            skipped.append(key)
+            continue
+        weights[key[len(prefix) :]] = torch.empty(md.size, dtype=md.properties.dtype)
+    if skipped:
+        raise ValueError(f"non-tensor entries in the model state of {sharded_dir}: {skipped}")
+    if not weights:
+        raise ValueError(f"{sharded_dir} holds no model weights under '{prefix}'")
+    state = {"state_dict": weights}
+    dcp.load(state, storage_reader=reader, no_dist=True)
+    ckpt = load_checkpoint_file(meta_file)
+    ckpt["state_dict"] = state["state_dict"]
+    atomic_torch_save(ckpt, out)
+    return out
+
+
+def export_sharded_encoder(sharded_dir: str | Path, out: str | Path) -> Path:
+    """Sharded checkpoint folder → consolidated `.ckpt` beside `out` → exported encoder `out`."""
+    from salt.encoder_io import export_encoder
+
+    out = Path(out)
+    full = out.with_name(out.stem + "-consolidated.ckpt")
+    consolidate_checkpoint(sharded_dir, full)
+    export_encoder(full, out)
+    return out
+
+
+def export_checkpoint(
+    src: str | os.PathLike, out: str | os.PathLike, format: str = "safetensors", which: str = "auto"
+) -> Path:
+    """``salt export``: the encoder of a checkpoint file or of a sharded FSDP checkpoint folder.
+
+    A folder is consolidated into a hidden scratch folder beside ``out`` (not ``/tmp``: a ViT-g
+    checkpoint is several GB), exported, and the scratch removed; the export records the folder
+    as its ``source_checkpoint``.
+
+    Args:
+        src: a ``salt fit`` checkpoint file, a sharded checkpoint folder (``step=N.ckpt/``), or
+            (``format="hf"``) an exported / imported ``.safetensors``.
+        out: ``OUT.safetensors``, or a folder for ``format="hf"``.
+        format: ``"safetensors"`` (``salt.encoder_io.export_encoder``) or ``"hf"``
+            (``salt.encoder_io.export_hf``).
+        which: ``"auto"``, ``"target"`` or ``"online"`` (see ``salt.encoder_io``).
+    """
+    from salt.encoder_io import export_encoder, export_hf
+
+    exporter = export_hf if format == "hf" else export_encoder
+    src, out = Path(src), Path(out)
+    if not is_sharded_checkpoint(src):
+        return exporter(src, out, which=which)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}.consolidate-", dir=out.parent) as tmp:
+        full = consolidate_checkpoint(src, Path(tmp) / "consolidated.ckpt")
+        return exporter(full, out, which=which, source=src)

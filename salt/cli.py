@@ -96,11 +96,14 @@ def usage() -> str:
 
 
 def export(argv: list[str]) -> Path:
-    """``salt export CKPT OUT.safetensors [--which …]`` / ``salt export CKPT DIR --format hf``."""
+    """``salt export CKPT OUT.safetensors [--which …]`` / ``salt export CKPT DIR --format hf``;
+    ``CKPT`` is a checkpoint file or a sharded FSDP checkpoint folder."""
     parser = argparse.ArgumentParser(
         prog="salt export", description="write a checkpoint's encoder as safetensors"
     )
-    parser.add_argument("ckpt", help="Lightning checkpoint of either stage")
+    parser.add_argument(
+        "ckpt", help="Lightning checkpoint of any stage, or a sharded FSDP checkpoint folder"
+    )
     parser.add_argument("out", help="output .safetensors (a folder with --format hf)")
     parser.add_argument(
         "--format", choices=("safetensors", "hf"), default="safetensors",
@@ -115,12 +118,11 @@ def export(argv: list[str]) -> Path:
         "evaluates; what 'auto' picks) or 'online'; other checkpoints have one (auto/online)",
     )
     args = parser.parse_args(argv)
-    from salt.encoder_io import export_encoder, export_hf
+    from salt.checkpointing import export_checkpoint
 
     if not Path(args.ckpt).exists():
         raise UsageError(f"checkpoint not found: {args.ckpt}")
-    exporter = export_hf if args.format == "hf" else export_encoder
-    out = exporter(args.ckpt, args.out, which=args.which)
+    out = export_checkpoint(args.ckpt, args.out, args.format, args.which)
     print(f"wrote {out}")
     return out
 

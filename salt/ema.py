@@ -29,7 +29,6 @@ from typing import Any, Literal
 
 import torch
 
-from salt.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from salt.encoder_io import EMA_STATE_KEY
 from salt.latent import LatentTargetModule
 from salt.models import VideoViT
@@ -89,8 +88,6 @@ class EMAModule(LatentTargetModule):
     Args:
         encoder: registered encoder name (``salt.models.list_encoders()``).
         encoder_kwargs: extra ``VideoViT`` arguments.
-        img_size: clip side in pixels (linked to ``data.crop_size``).
-        num_frames: frames per clip (linked to ``data.frames_per_clip``).
         ema_momentum: EMA momentum (constant; the start value if ``ema_final_momentum`` is set).
         ema_final_momentum: None for a constant momentum (V-JEPA 2), else linear to this (V-JEPA 1:
             0.998 → 1.0).
@@ -105,9 +102,13 @@ class EMAModule(LatentTargetModule):
         act_checkpoint: activation checkpointing in encoder and predictor.
         sdpa_kernels: SDPA kernel per call site (``salt.student.StudentModule``; the EMA target
             encoder is the ``teacher`` site).
-        masks, mean, std, lr, start_lr, final_lr, warmup_steps, weight_decay, final_weight_decay,
-            betas, eps, compile, compile_scope, compile_mode, cudnn_attention, health_every,
-            max_nonfinite: see ``salt.module_base.SaltModule`` (defaults here are V-JEPA 2's).
+        lr: peak learning rate (V-JEPA 2: 5.25e-4).
+        start_lr: learning rate at step 0 (V-JEPA 2: 1e-4).
+        warmup_steps: optimizer steps of linear warmup (V-JEPA 2: 12 000).
+        final_weight_decay: weight decay at ``trainer.max_steps`` (V-JEPA 2: constant 0.04).
+        betas: AdamW betas (V-JEPA 2: PyTorch's default (0.9, 0.999)).
+        **kwargs: the other clip size, masks, normalisation, optimisation, compilation and health
+            arguments of ``salt.module_base.SaltModule`` (same defaults as SALT's).
     """
 
     stage = "ema"
@@ -116,8 +117,6 @@ class EMAModule(LatentTargetModule):
         self,
         encoder: str = "vit_large",
         encoder_kwargs: dict[str, Any] | None = None,
-        img_size: int = 224,
-        num_frames: int = 16,
         ema_momentum: float = 0.99925,
         ema_final_momentum: float | None = None,
         target_layer: int = -1,
@@ -128,48 +127,23 @@ class EMAModule(LatentTargetModule):
         loss: Literal["l1", "mse"] = "l1",
         lr_schedule: Literal["wsd", "cosine"] = "wsd",
         cooldown_fraction: float = 0.05,
-        masks: list[dict] | None = None,
-        mean: tuple[float, float, float] = IMAGENET_MEAN,
-        std: tuple[float, float, float] = IMAGENET_STD,
-        lr: float = 5.25e-4,
-        start_lr: float = 1e-4,
-        final_lr: float = 1e-6,
-        warmup_steps: int = 12_000,
-        weight_decay: float = 0.04,
-        final_weight_decay: float = 0.04,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
         act_checkpoint: bool = False,
         sdpa_kernels: dict[str, str | None] | None = None,
-        compile: bool = False,
-        compile_scope: Literal["blocks", "modules"] = "blocks",
-        compile_mode: str | None = None,
-        cudnn_attention: bool = False,
-        health_every: int = 100,
-        max_nonfinite: int = 20,
+        lr: float = 5.25e-4,
+        start_lr: float = 1e-4,
+        warmup_steps: int = 12_000,
+        final_weight_decay: float = 0.04,
+        betas: tuple[float, float] = (0.9, 0.999),
+        **kwargs: Any,
     ) -> None:
         super().__init__(
-            img_size=img_size,
-            num_frames=num_frames,
-            mean=mean,
-            std=std,
-            masks=masks,
             lr=lr,
             start_lr=start_lr,
-            final_lr=final_lr,
             warmup_steps=warmup_steps,
-            weight_decay=weight_decay,
             final_weight_decay=final_weight_decay,
             betas=betas,
-            eps=eps,
-            compile=compile,
-            compile_scope=compile_scope,
-            compile_mode=compile_mode,
-            cudnn_attention=cudnn_attention,
-            health_every=health_every,
-            max_nonfinite=max_nonfinite,
+            **kwargs,
         )
-        self.save_hyperparameters(logger=False)  # MLflow params come from the resolved config
         for name, m in (("ema_momentum", ema_momentum), ("ema_final_momentum", ema_final_momentum)):
             if m is not None and not 0.0 <= m <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {m}")

@@ -38,7 +38,7 @@ from typing import Any
 
 import torch
 
-from salt.checkpointing import atomic_path
+from salt.checkpointing import atomic_path, replace_dir
 from salt.errors import UsageError
 from salt.models import VideoViT
 from salt.models.hub import WEIGHTS_NAME, load_state_strict
@@ -190,13 +190,19 @@ def load_encoder(
     return encoder.eval(), meta
 
 
-def export_encoder(ckpt: str | os.PathLike, out: str | os.PathLike, which: str = "auto") -> Path:
+def export_encoder(
+    ckpt: str | os.PathLike,
+    out: str | os.PathLike,
+    which: str = "auto",
+    source: str | os.PathLike | None = None,
+) -> Path:
     """Write the encoder of a Lightning checkpoint as ``out`` (``.safetensors``), atomically.
 
     The file holds the encoder weights without prefix and the checkpoint's salt metadata (plus
     ``source_checkpoint`` and ``which``: the EMA ``"target"`` or the ``"online"`` encoder, chosen
     as in ``load_encoder``) as JSON under metadata key ``"salt"``. The weights are checked against
-    the architecture in the metadata before anything is written.
+    the architecture in the metadata before anything is written. ``source`` is what
+    ``source_checkpoint`` names when ``ckpt`` is a consolidated copy (default: ``ckpt``).
     """
     from safetensors.torch import save_file
 
@@ -208,20 +214,27 @@ def export_encoder(ckpt: str | os.PathLike, out: str | os.PathLike, which: str =
     state, meta = read_encoder_state(ckpt, which)
     # Check the weights against the architecture before writing anything.
     load_state_strict(build_encoder(meta, str(ckpt)), state, str(ckpt))
-    meta = {**meta, "source_checkpoint": str(ckpt.resolve())}
+    meta = {**meta, "source_checkpoint": str(Path(source or ckpt).resolve())}
     tensors = {k: v.detach().contiguous() for k, v in state.items()}
     with atomic_path(out) as tmp:
         save_file(tensors, str(tmp), metadata={"salt": json.dumps(meta)})
     return out
 
 
-def export_hf(ckpt: str | os.PathLike, out_dir: str | os.PathLike, which: str = "auto") -> Path:
+def export_hf(
+    ckpt: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    which: str = "auto",
+    source: str | os.PathLike | None = None,
+) -> Path:
     """Write the encoder of a checkpoint (or exported / imported file) as a Hugging Face folder.
 
     ``out_dir`` gets ``config.json``, ``model.safetensors`` and a model card ``README.md``
     (architecture, stage, teacher, training steps, the probe results in the checkpoint's MLflow
     store, how to load: ``salt.interop.model_card``). The folder is written beside ``out_dir``
     and renamed into place, so an interrupted export leaves no half-written folder.
+
+    ``source`` is the checkpoint that ``ckpt`` is a consolidated copy of (default: ``ckpt``).
 
     Raises:
         UsageError: ``out_dir`` exists and is not empty, or ``ckpt`` is not an encoder file.
@@ -235,16 +248,15 @@ def export_hf(ckpt: str | os.PathLike, out_dir: str | os.PathLike, which: str = 
         encoder, meta = load_encoder(ckpt, which)
     except (FileNotFoundError, ValueError) as e:
         raise UsageError(str(e)) from e
-    if not _is_safetensors(ckpt) and not ckpt.is_dir():
-        meta = {**meta, "source_checkpoint": str(ckpt.resolve())}
-    card = model_card(encoder, meta, ckpt)
+    origin = Path(source or ckpt)
+    if source is not None or (not _is_safetensors(ckpt) and not ckpt.is_dir()):
+        meta = {**meta, "source_checkpoint": str(origin.resolve())}
+    card = model_card(encoder, meta, origin)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         encoder.save_pretrained(tmp, metadata=meta, model_card=card)
-        if out_dir.exists():
-            out_dir.rmdir()  # empty (checked above)
-        os.replace(tmp, out_dir)
+        replace_dir(tmp, out_dir)  # an existing out_dir is empty (checked above)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

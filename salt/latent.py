@@ -10,7 +10,7 @@ only in where the target encoder comes from and whether it moves:
   moving average after every optimizer step.
 
 ``LatentTargetModule`` holds the parts and the step they share; the per-step compute itself is
-``salt.step.latent_targets`` + ``gather_mask_targets`` + ``latent_loss`` (what ``salt fit`` and the
+``salt.step.latent_targets`` + ``gather_mask_targets`` + ``masked_regression_loss`` (what ``salt fit`` and the
 benchmarks run).
 
 How the target encoder stays out of training and out of DDP/FSDP: it is held in a plain Python
@@ -32,13 +32,13 @@ from torch import nn
 from salt.errors import UsageError
 from salt.models import Predictor, VideoViT, check_sdpa_kernel, create_encoder, set_sdpa_kernel
 from salt.module_base import SaltModule
-from salt.step import gather_mask_targets, latent_loss, latent_targets
+from salt.step import gather_mask_targets, latent_targets, masked_regression_loss
 
 # SDPA kernel per call site (salt.models.attention): the target encoder always attends over all
 # tokens of a clip, one fixed length, so cuDNN's per-length plan is built once and its kernel is
 # the fastest there; the encoder's context and the predictor's context + targets change length
 # with every batch's masks, where FlashAttention-2 has no per-length cost (and is the faster one
-# at short context lengths). Numbers: benchmarks/RESULTS.md, "GPU training step, round 2".
+# at short context lengths). See benchmarks/RESULTS.md (`step_throughput.py --suite perf`).
 DEFAULT_SDPA_KERNELS = {"teacher": "cudnn", "encoder": "flash", "predictor": "flash"}
 
 
@@ -170,7 +170,7 @@ class LatentTargetModule(SaltModule):
         clip = self.target_input(video)
         targets = latent_targets(teacher.encoder, clip, self.target_layer)  # [B, N, Dt]
         per_mask = gather_mask_targets(targets, batch["masks"])  # [[B, nt_m, Dt], ...]
-        return latent_loss(
+        return masked_regression_loss(
             self.encoder,
             self.predictor,
             video,

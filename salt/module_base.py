@@ -8,7 +8,7 @@
 - optimisation: fused AdamW with SALT param groups, warmup→cosine lr and cosine weight decay keyed
   on optimizer steps (``salt.optim``, ``salt.schedules``); gradient-norm clipping from
   ``trainer.gradient_clip_val``; a non-finite loss or gradient skips the update on the device
-  (``salt.step.prepare_optimizer_step``) and ``max_nonfinite`` skips in a row abort the run;
+  (``salt.optim.prepare_optimizer_step``) and ``max_nonfinite`` skips in a row abort the run;
 - the skip is agreed by every rank without a collective of its own: a rank whose loss is not
   finite multiplies it by NaN, so its gradients are NaN (an L1 loss of NaN targets alone would
   not make them so: the backward of ``|x|`` at NaN is 0), the gradient all-reduce the step does
@@ -28,11 +28,10 @@
   elsewhere (CPU runs, a box without Triton or a compiler) it logs one warning and runs eager,
   so a shipped config with ``compile: true`` still runs everywhere;
 - the SDPA kernel: cuDNN attention is switched off process-wide while fitting
-  (``cudnn_attention=False``). cuDNN builds an execution plan for every new sequence length
-  (≈ 0.5 s on an H100), and SALT's masks give every batch new context / target lengths, so a run
-  pays that cost on most of its first hundreds of steps. PyTorch then picks FlashAttention-2:
-  eager ViT-L fits 12–21% faster, compiled ones equal (benchmarks/RESULTS.md, "`salt fit` end to
-  end"). A call site of fixed length may still ask for cuDNN (``salt.models.set_sdpa_kernel``;
+  (``cudnn_attention=False``). cuDNN builds an execution plan for every new sequence length,
+  and SALT's masks give every batch new context / target lengths, so a run pays that cost on
+  most of its first hundreds of steps. PyTorch then picks FlashAttention-2 (see
+  benchmarks/RESULTS.md, "`salt fit` end to end"). A call site of fixed length may still ask for cuDNN (``salt.models.set_sdpa_kernel``;
   the stage-2 frozen teacher does, see ``salt.student``).
 """
 
@@ -45,20 +44,19 @@ import os
 import shutil
 import time
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import pytorch_lightning as pl
 import torch
 from torch import nn
 
 from salt import watchdog
-from salt.data.transforms import normalize
+from salt.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize
 from salt.dist import sum_over_ranks
 from salt.health import NonFiniteGuard
 from salt.masks import MultiMaskCollator
-from salt.optim import build_adamw, unwrap_optimizer
+from salt.optim import build_adamw, prepare_optimizer_step, unwrap_optimizer
 from salt.schedules import WarmupCosineSchedule
-from salt.step import prepare_optimizer_step
 
 log = logging.getLogger(__name__)
 COMPILE_SCOPES = ("blocks", "modules")
@@ -125,14 +123,19 @@ def compile_modules(
 
 
 class SaltModule(pl.LightningModule):
-    """Base of ``TeacherModule`` and ``StudentModule`` (not configured directly).
+    """Base of ``TeacherModule``, ``StudentModule`` and ``EMAModule`` (not configured directly).
+
+    The arguments below are defined here only: each stage declares its own arguments and
+    forwards ``**kwargs`` to this constructor, and LightningCLI (jsonargparse) follows that call,
+    so ``--model.init_args.lr`` and the rest are options of every stage. A stage whose recipe
+    differs redeclares just the arguments whose defaults differ (``salt.ema.EMAModule``).
 
     Args:
         img_size: clip side in pixels (linked to ``data.crop_size`` by ``salt fit``).
         num_frames: frames per clip (linked to ``data.frames_per_clip``).
         mean: per-channel input mean in [0, 1]; stored with the model.
         std: per-channel input std in [0, 1]; stored with the model.
-        masks: mask configs (``salt.masks``); None = SPEC.md's short- and long-range configs.
+        masks: mask configs (``salt.masks``); None = V-JEPA's short- and long-range configs (docs/method.md, "Masks").
         lr: peak learning rate (after warmup).
         start_lr: learning rate at step 0.
         final_lr: learning rate at ``trainer.max_steps``.
@@ -158,25 +161,25 @@ class SaltModule(pl.LightningModule):
     def __init__(
         self,
         *,
-        img_size: int,
-        num_frames: int,
-        mean: Sequence[float],
-        std: Sequence[float],
-        masks: list[dict] | None,
-        lr: float,
-        start_lr: float,
-        final_lr: float,
-        warmup_steps: int,
-        weight_decay: float,
-        final_weight_decay: float,
-        betas: Sequence[float],
-        eps: float,
-        compile: bool,
-        health_every: int,
-        max_nonfinite: int,
-        cudnn_attention: bool = False,
-        compile_scope: str = "blocks",
+        img_size: int = 224,
+        num_frames: int = 16,
+        masks: list[dict] | None = None,
+        mean: tuple[float, float, float] = IMAGENET_MEAN,
+        std: tuple[float, float, float] = IMAGENET_STD,
+        lr: float = 6.25e-4,
+        start_lr: float = 2e-4,
+        final_lr: float = 1e-6,
+        warmup_steps: int = 10_000,
+        weight_decay: float = 0.04,
+        final_weight_decay: float = 0.4,
+        betas: tuple[float, float] = (0.9, 0.95),
+        eps: float = 1e-8,
+        compile: bool = False,
+        compile_scope: Literal["blocks", "modules"] = "blocks",
         compile_mode: str | None = None,
+        cudnn_attention: bool = False,
+        health_every: int = 100,
+        max_nonfinite: int = 20,
     ) -> None:
         super().__init__()
         if compile_scope not in COMPILE_SCOPES:
@@ -216,6 +219,9 @@ class SaltModule(pl.LightningModule):
         self._timing = {"win_start": None, "clips": 0, "batches": 0, "wait": 0.0, "last_end": None}
         self._throughput: tuple[float, float] | None = None
         self._health_step = -1
+        # every constructor argument of the stage and of this class (Lightning walks the chain
+        # of __init__ frames); MLflow params come from the resolved config, not from here
+        self.save_hyperparameters(logger=False)
 
     # ----------------------------------------------------------------- the step
     def training_loss(

@@ -1,9 +1,9 @@
-"""AdamW with the SALT / V-JEPA parameter groups (SPEC.md "Optimisation").
+"""AdamW with the SALT / V-JEPA parameter groups (docs/method.md, "Optimisation").
 
 Two groups: weights that decay, and everything that must not — biases, norm parameters, every
 other 1-D parameter and the predictor / decoder mask tokens. AdamW uses β = (0.9, 0.95) and the
 *fused* implementation: one kernel per step on CUDA and CPU, and the only implementation that honours
-``optimizer.found_inf`` — the device-side flag with which ``salt.step.prepare_optimizer_step`` skips
+``optimizer.found_inf`` — the device-side flag with which ``prepare_optimizer_step`` skips
 an update after a non-finite loss or gradient without a host sync.
 """
 
@@ -74,3 +74,41 @@ def build_adamw(
 def unwrap_optimizer(optimizer: object) -> torch.optim.Optimizer:
     """The torch optimizer behind Lightning's ``LightningOptimizer`` wrapper (or itself)."""
     return getattr(optimizer, "_optimizer", optimizer)
+
+
+@torch.no_grad()
+def prepare_optimizer_step(
+    optimizer: torch.optim.Optimizer,
+    max_norm: float | None,
+    nonfinite: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Between backward and ``optimizer.step()``: grad norm, optional clipping, non-finite skip.
+
+    Sets ``optimizer.found_inf`` so fused AdamW skips the whole update (weights, moments and step
+    count) on the device when the gradient norm — or ``nonfinite``, e.g. ``~isfinite(loss)`` — is
+    not finite. No host sync.
+
+    Args:
+        optimizer: a fused ``torch.optim.AdamW`` (``salt.optim.build_adamw``), possibly wrapped.
+        max_norm: clip the global gradient norm to this (None or ≤ 0: no clipping).
+        nonfinite: extra 0-d bool that forces a skip.
+
+    Returns:
+        ``(grad_norm, skipped)``: 0-d float32 and 0-d bool tensors (pre-clipping norm).
+    """
+    opt = unwrap_optimizer(optimizer)
+    if not opt.defaults.get("fused"):
+        raise ValueError(
+            "non-finite steps are skipped through fused AdamW; build it with build_adamw"
+        )
+    params = [p for g in opt.param_groups for p in g["params"] if p.grad is not None]
+    if not params:
+        raise RuntimeError("no gradients: call backward() before prepare_optimizer_step")
+    norm = torch.nn.utils.get_total_norm([p.grad for p in params]).float()
+    if max_norm is not None and max_norm > 0:
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
+    skipped = ~torch.isfinite(norm)
+    if nonfinite is not None:
+        skipped = skipped | nonfinite.to(skipped.device)
+    opt.found_inf = skipped.float()  # read by the fused kernel: 1.0 → no update at all
+    return norm, skipped

@@ -1,4 +1,5 @@
-"""Per-optimizer-step schedules: learning rate, weight decay and EMA momentum (SPEC.md "Optimisation").
+"""Per-optimizer-step schedules: learning rate, weight decay and EMA momentum (docs/method.md,
+"Optimisation").
 
 - lr: linear warmup ``start_lr → lr`` over ``warmup_steps``, then cosine ``lr → final_lr``.
 - weight decay: cosine ``weight_decay → final_weight_decay`` over the whole run.
@@ -6,7 +7,7 @@
 
 Every schedule is a pure function of the number of optimizer steps already taken and reaches its
 final value *exactly* at ``total_steps`` (V-JEPA stretches its schedules by 1.25 so they never do;
-SPEC.md asks that ours do). ``WarmupCosineSchedule`` applies lr and weight decay to an optimizer; it
+ours do, docs/method.md). ``WarmupCosineSchedule`` applies lr and weight decay to an optimizer; it
 is keyed on optimizer steps (Lightning steps it once per optimizer step, so gradient accumulation
 does not stretch it).
 

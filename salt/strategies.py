@@ -3,18 +3,20 @@
 Kept out of `models/` (which never imports torch.distributed) and out of the LightningModules:
 the method code is the same on one CPU and on 64 GPUs; this file decides how it is spread.
 
-- `SaltDDPStrategy` (configs/strategy/ddp.yaml): Lightning's DDP, except that frozen submodules
-  (the stage-2 teacher) are put on DDP's ignore list: never broadcast, never bucketed, never
-  reduced. Each rank loads the same teacher file, so nothing needs syncing.
+The frozen stage-2 teacher (and the EMA target encoder) needs nothing from either strategy: the
+module holds it outside its module tree (`salt.latent`), so it is absent from what DDP wraps and
+what FSDP shards, and every rank moves its own full copy to its device. Each rank loads the same
+teacher file, so nothing needs syncing.
+
+- `SaltDDPStrategy` (configs/strategy/ddp.yaml): Lightning's DDP with salt's defaults
+  (`gradient_as_bucket_view`, no unused-parameter search).
 - `SaltFSDPStrategy` (configs/strategy/fsdp.yaml): PyTorch's FSDP2 (`fully_shard`, DTensor
   parameters) through Lightning's `ModelParallelStrategy`, with the sharding applied here rather
   than in a `configure_model` hook: one FSDP unit per transformer `Block` (encoder, predictor,
-  pixel decoder), then one per trainable top-level child (its embeddings and norms). The frozen
-  teacher is not sharded: it stays a plain replicated module on every GPU (it needs every weight
-  for every forward, and has no gradients or optimizer state to save memory on). Activation
+  pixel decoder), then one per trainable top-level child (its embeddings and norms). Activation
   checkpointing uses the models' own per-block switch (`act_checkpoint`). Checkpoints are sharded
-  folders (torch.distributed.checkpoint); `consolidate_checkpoint` turns one into a single
-  Lightning checkpoint file that `salt.encoder_io.export_encoder` can export.
+  folders (torch.distributed.checkpoint); `salt export` reads them, and
+  `salt.checkpointing.consolidate_checkpoint` turns one into a single Lightning file.
   FSDP2 rather than FSDP1: it runs on CPU with gloo (so it is tested here) and is PyTorch's
   supported path; FSDP1 needs an accelerator.
 """
@@ -22,7 +24,6 @@ the method code is the same on one CPU and on 64 GPUs; this file decides how it 
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterable
 from datetime import timedelta
 from pathlib import Path
@@ -33,7 +34,9 @@ import torch
 from lightning_fabric.plugins.collectives.torch_collective import default_pg_timeout
 from pytorch_lightning.strategies import DDPStrategy, ModelParallelStrategy
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
+
+# re-exported: sharded checkpoints are written here, consolidated and exported there
+from salt.checkpointing import consolidate_checkpoint, export_sharded_encoder, replace_dir
 
 log = logging.getLogger(__name__)
 
@@ -43,50 +46,11 @@ FORWARD_METHODS = ("forward_features", "forward_intermediates")
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
-# --------------------------------------------------------------------------- frozen parts
-
-
-def frozen_submodules(module: nn.Module) -> list[tuple[str, nn.Module]]:
-    """The top-most submodules whose parameters are all frozen (the stage-2 teacher).
-
-    A module may name them itself with a `frozen_modules() -> dict[str, nn.Module]` method;
-    otherwise every child with parameters, none of which requires grad, counts (recursing into
-    children that mix frozen and trainable parameters).
-    """
-    explicit = getattr(module, "frozen_modules", None)
-    if callable(explicit):
-        return list(explicit().items())
-    found: list[tuple[str, nn.Module]] = []
-
-    def visit(prefix: str, m: nn.Module) -> None:
-        for name, child in m.named_children():
-            params = list(child.parameters())
-            if not params:
-                continue
-            full = f"{prefix}{name}"
-            if not any(p.requires_grad for p in params):
-                found.append((full, child))
-            elif not all(p.requires_grad for p in params):
-                visit(f"{full}.", child)
-
-    visit("", module)
-    return found
-
-
-def frozen_state_names(module: nn.Module) -> list[str]:
-    """Fully qualified names of every parameter and buffer inside the frozen submodules."""
-    names = []
-    for prefix, sub in frozen_submodules(module):
-        names += [f"{prefix}.{n}" for n, _ in sub.named_parameters()]
-        names += [f"{prefix}.{n}" for n, _ in sub.named_buffers()]
-    return names
-
-
 # --------------------------------------------------------------------------- DDP
 
 
 class SaltDDPStrategy(DDPStrategy):
-    """Lightning's DDP with the frozen teacher on DDP's ignore list (see module docstring).
+    """Lightning's DDP with salt's defaults (the teacher is outside the module: see above).
 
     Args:
         find_unused_parameters: DDP's search for parameters without gradients (slow; off).
@@ -112,14 +76,6 @@ class SaltDDPStrategy(DDPStrategy):
             static_graph=static_graph,
         )
 
-    def _setup_model(self, model: nn.Module) -> DistributedDataParallel:
-        ignored = frozen_state_names(model)
-        if ignored:
-            # public-by-convention hook DDP reads at construction (torch keeps it for FSDP/DDP mixes)
-            DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, ignored)
-            log.info("DDP ignores %d frozen tensors (%s...)", len(ignored), ignored[0])
-        return super()._setup_model(model)
-
 
 # --------------------------------------------------------------------------- FSDP2
 
@@ -140,11 +96,11 @@ def shard_module(
 ) -> dict[str, list[str]]:
     """Apply FSDP2 to `module` in place: each wrap-class block, then each trainable top-level child.
 
-    Frozen submodules (`frozen_submodules`) are left whole. Trainable parameters owned directly by
+    Children without trainable parameters are left whole. Trainable parameters owned directly by
     `module` (outside any child) would never be reduced, so they are an error.
 
     Returns:
-        {"blocks": [...], "roots": [...], "frozen": [...]}: names of what was sharded / left out.
+        {"blocks": [...], "roots": [...]}: names of the sharded units.
     """
     from torch.distributed.fsdp import (
         MixedPrecisionPolicy,
@@ -162,8 +118,6 @@ def shard_module(
         wrap_classes = tuple(_import_class(p) for p in DEFAULT_WRAP_CLASSES)
     wrap_classes = tuple(wrap_classes)
     mp_policy = mp_policy or MixedPrecisionPolicy()
-    frozen = frozen_submodules(module)
-    frozen_ids = {id(m) for _, m in frozen}
     direct = [n for n, p in module.named_parameters(recurse=False) if p.requires_grad]
     if direct:
         raise ValueError(
@@ -171,31 +125,23 @@ def shard_module(
             "would not be sharded or reduced; move them into a submodule"
         )
     kw = {"mesh": mesh, "reshard_after_forward": reshard_after_forward, "mp_policy": mp_policy}
-    report: dict[str, list[str]] = {"blocks": [], "roots": [], "frozen": [n for n, _ in frozen]}
-
-    def trainable_modules(prefix: str, m: nn.Module):  # depth-first, skipping frozen subtrees
-        for name, child in m.named_children():
-            if id(child) in frozen_ids:
-                continue
-            yield f"{prefix}{name}", child
-            yield from trainable_modules(f"{prefix}{name}.", child)
-
+    report: dict[str, list[str]] = {"blocks": [], "roots": []}
     # bottom-up: blocks first, so each parent unit only holds what its blocks do not
-    for name, child in trainable_modules("", module):
+    for name, child in module.named_modules():
+        if not name:
+            continue
         if isinstance(child, wrap_classes):
             fully_shard(child, **kw)
             report["blocks"].append(name)
         if activation_checkpointing and hasattr(child, "act_checkpoint"):
             child.act_checkpoint = True  # models/ recompute their blocks in backward
     for name, child in module.named_children():
-        if id(child) in frozen_ids or not any(p.requires_grad for p in child.parameters()):
+        if not any(p.requires_grad for p in child.parameters()):
             continue
         if isinstance(child, wrap_classes):
             continue  # already a unit
         # last unit (the root of this child): its forward is the one that waits for reductions
-        own = set(child.parameters())
-        ignored = {p for _, m in frozen for p in m.parameters() if p in own}
-        fully_shard(child, **{**kw, "reshard_after_forward": False}, ignored_params=ignored or None)
+        fully_shard(child, **{**kw, "reshard_after_forward": False})
         for method in FORWARD_METHODS:
             if callable(getattr(child, method, None)):
                 register_fsdp_forward_method(child, method)
@@ -278,18 +224,13 @@ class SaltFSDPStrategy(ModelParallelStrategy):
 
         path = Path(self.broadcast(str(filepath)))
         tmp = path.with_name(f".{path.name}.tmp")
-        old = path.with_name(f".{path.name}.old")
         if self.global_rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)
         self.barrier("salt.fsdp.save.start")
         super().save_checkpoint(checkpoint, tmp, storage_options)
         self.barrier("salt.fsdp.save.written")
         if self.global_rank == 0:
-            shutil.rmtree(old, ignore_errors=True)
-            if path.exists():
-                os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
+            replace_dir(tmp, path)
         self.barrier("salt.fsdp.save.done")
         return None
 
@@ -319,7 +260,7 @@ class SaltFSDPStrategy(ModelParallelStrategy):
             param_dtype=_DTYPES.get(self.param_dtype or ""),
             reduce_dtype=_DTYPES.get(self.reduce_dtype or ""),
         )
-        self.model.to(self.root_device)  # the frozen teacher included: it is not sharded
+        self.model.to(self.root_device)
         self.shard_report = shard_module(
             self.model,
             self.device_mesh,
@@ -331,8 +272,7 @@ class SaltFSDPStrategy(ModelParallelStrategy):
         if self.global_rank == 0:
             r = self.shard_report
             print(
-                f"[salt.strategies] FSDP2: {len(r['blocks'])} block units, roots {r['roots']}, "
-                f"frozen (replicated) {r['frozen']}",
+                f"[salt.strategies] FSDP2: {len(r['blocks'])} block units, roots {r['roots']}",
                 flush=True,
             )
         self.model = self.precision_plugin.convert_module(self.model)
@@ -355,61 +295,10 @@ def build_strategy(name: str = "ddp", **kwargs: Any) -> str | pl.strategies.Stra
     raise ValueError(f"unknown strategy {name!r}; expected 'ddp', 'fsdp' or 'auto'")
 
 
-# --------------------------------------------------------------------------- consolidation
-
-
-def consolidate_checkpoint(sharded_dir: str | Path, out: str | Path) -> Path:
-    """Sharded FSDP checkpoint folder → one Lightning checkpoint file (weights + metadata).
-
-    Loads only the model weights (not the optimizer shards) on one process, without a process
-    group. The result loads like any single-file checkpoint (`salt.encoder_io.load_encoder`,
-    `export_encoder`); it cannot resume training (no optimizer state).
-    """
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
-
-    from salt.checkpointing import atomic_torch_save, load_checkpoint_file
-
-    sharded_dir, out = Path(sharded_dir), Path(out)
-    meta_file = sharded_dir / "meta.pt"
-    if not meta_file.is_file():
-        raise FileNotFoundError(f"{sharded_dir} is not a sharded checkpoint (no meta.pt)")
-    reader = dcp.FileSystemReader(str(sharded_dir))
-    prefix = "state_dict."
-    weights: dict[str, torch.Tensor] = {}
-    skipped = []
-    for key, md in reader.read_metadata().state_dict_metadata.items():
-        if not key.startswith(prefix):
-            continue  # optimizer shards
-        if not isinstance(md, TensorStorageMetadata):
-            skipped.append(key)
-            continue
-        weights[key[len(prefix) :]] = torch.empty(md.size, dtype=md.properties.dtype)
-    if skipped:
-        raise ValueError(f"non-tensor entries in the model state of {sharded_dir}: {skipped}")
-    if not weights:
-        raise ValueError(f"{sharded_dir} holds no model weights under '{prefix}'")
-    state = {"state_dict": weights}
-    dcp.load(state, storage_reader=reader, no_dist=True)
-    ckpt = load_checkpoint_file(meta_file)
-    ckpt["state_dict"] = state["state_dict"]
-    atomic_torch_save(ckpt, out)
-    return out
-
-
-def export_sharded_encoder(sharded_dir: str | Path, out: str | Path) -> Path:
-    """Sharded checkpoint folder → consolidated `.ckpt` beside `out` → exported encoder `out`."""
-    from salt.encoder_io import export_encoder
-
-    out = Path(out)
-    full = out.with_name(out.stem + "-consolidated.ckpt")
-    consolidate_checkpoint(sharded_dir, full)
-    export_encoder(full, out)
-    return out
-
-
 def main(argv: list[str] | None = None) -> None:
-    """`python -m salt.strategies export SHARDED_DIR OUT.safetensors` (or `consolidate DIR OUT.ckpt`)."""
+    """`python -m salt.strategies export SHARDED_DIR OUT.safetensors` (or `consolidate DIR OUT.ckpt`).
+
+    Kept for scripts that call it; `salt export SHARDED_DIR OUT` does the same export."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m salt.strategies")

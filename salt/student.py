@@ -27,7 +27,6 @@ from typing import Any, Literal
 
 import torch
 
-from salt.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from salt.dist import from_rank_zero
 from salt.encoder_io import file_sha256, load_encoder
 from salt.errors import MissingInputError, UsageError
@@ -90,8 +89,6 @@ class StudentModule(LatentTargetModule):
     Args:
         encoder: registered student encoder name (``vit_large`` … ``vit_gigantic``).
         encoder_kwargs: extra ``VideoViT`` arguments for the student.
-        img_size: clip side in pixels (linked to ``data.crop_size``).
-        num_frames: frames per clip (linked to ``data.frames_per_clip``).
         teacher: stage-1 Lightning checkpoint or exported ``.safetensors``.
         teacher_mode: ``"frozen"`` (the only mode; ``"ema"`` is an error naming
             ``salt.ema.EMAModule``, where the V-JEPA baseline lives).
@@ -109,9 +106,8 @@ class StudentModule(LatentTargetModule):
         predictor_mlp_hidden: predictor MLP width (1536).
         loss: ``"l1"`` (SALT) or ``"mse"``.
         act_checkpoint: activation checkpointing in student encoder and predictor.
-        masks, mean, std, lr, start_lr, final_lr, warmup_steps, weight_decay, final_weight_decay,
-            betas, eps, compile, compile_scope, compile_mode, cudnn_attention, health_every,
-            max_nonfinite: see ``salt.module_base.SaltModule``.
+        **kwargs: clip size, masks, normalisation, optimisation, compilation and health
+            arguments of ``salt.module_base.SaltModule`` (``img_size``, ``lr``, ...).
     """
 
     stage = "student"
@@ -120,8 +116,6 @@ class StudentModule(LatentTargetModule):
         self,
         encoder: str = "vit_large",
         encoder_kwargs: dict[str, Any] | None = None,
-        img_size: int = 224,
-        num_frames: int = 16,
         teacher: str | None = None,
         teacher_mode: Literal["frozen", "ema"] = "frozen",
         target_layer: int = -1,
@@ -132,51 +126,14 @@ class StudentModule(LatentTargetModule):
         predictor_heads: int = 12,
         predictor_mlp_hidden: int = 1536,
         loss: Literal["l1", "mse"] = "l1",
-        masks: list[dict] | None = None,
-        mean: tuple[float, float, float] = IMAGENET_MEAN,
-        std: tuple[float, float, float] = IMAGENET_STD,
-        lr: float = 6.25e-4,
-        start_lr: float = 2e-4,
-        final_lr: float = 1e-6,
-        warmup_steps: int = 10_000,
-        weight_decay: float = 0.04,
-        final_weight_decay: float = 0.4,
-        betas: tuple[float, float] = (0.9, 0.95),
-        eps: float = 1e-8,
         act_checkpoint: bool = False,
-        compile: bool = False,
-        compile_scope: Literal["blocks", "modules"] = "blocks",
-        compile_mode: str | None = None,
-        cudnn_attention: bool = False,
-        health_every: int = 100,
-        max_nonfinite: int = 20,
+        **kwargs: Any,
     ) -> None:
         if teacher == "ema" or teacher_mode == "ema":
             raise UsageError(EMA_MOVED)
         if teacher_mode != "frozen":
             raise UsageError(f"teacher_mode must be 'frozen', got {teacher_mode!r}")
-        super().__init__(
-            img_size=img_size,
-            num_frames=num_frames,
-            mean=mean,
-            std=std,
-            masks=masks,
-            lr=lr,
-            start_lr=start_lr,
-            final_lr=final_lr,
-            warmup_steps=warmup_steps,
-            weight_decay=weight_decay,
-            final_weight_decay=final_weight_decay,
-            betas=betas,
-            eps=eps,
-            compile=compile,
-            compile_scope=compile_scope,
-            compile_mode=compile_mode,
-            cudnn_attention=cudnn_attention,
-            health_every=health_every,
-            max_nonfinite=max_nonfinite,
-        )
-        self.save_hyperparameters(logger=False)  # MLflow params come from the resolved config
+        super().__init__(**kwargs)
         self.teacher_mode, self.loss_kind = teacher_mode, loss
         check_teacher_precision(teacher_precision)
         self.teacher_precision = teacher_precision

@@ -160,3 +160,32 @@ def test_checkpoint_records_its_encoders_rope_convention(shards: str, tmp_path: 
     )
     encoder, meta = load_encoder(path)
     assert meta["rope_convention"] == "tiled-vjepa2-v1" and encoder.rope_pairing == "tiled"
+
+
+def _as_sharded_folder(ckpt: Path, folder: Path) -> Path:
+    """The layout FSDP's sharded save writes (torch.distributed.checkpoint files of the model
+    state under ``state_dict.``, the rest in ``meta.pt``), made from a real checkpoint."""
+    import torch.distributed.checkpoint as dcp
+
+    full = torch.load(ckpt, map_location="cpu", weights_only=True)
+    dcp.save({"state_dict": full.pop("state_dict")}, checkpoint_id=str(folder), no_dist=True)
+    torch.save(full, folder / "meta.pt")
+    return folder
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "hf"])
+def test_export_reads_a_sharded_checkpoint_folder(ckpt: Path, tmp_path: Path, fmt: str) -> None:
+    sharded = _as_sharded_folder(ckpt, tmp_path / "runs" / "step=0000002.ckpt")
+    name = "enc.safetensors" if fmt == "safetensors" else "hf"
+    from_file, from_folder = tmp_path / "file" / name, tmp_path / "folder" / name
+    main(["export", str(ckpt), str(from_file), "--format", fmt])
+    main(["export", str(sharded), str(from_folder), "--format", fmt])
+    enc_a, meta_a = load_encoder(from_file)
+    enc_b, meta_b = load_encoder(from_folder)
+    assert enc_a.state_dict().keys() == enc_b.state_dict().keys()
+    assert all(torch.equal(v, enc_b.state_dict()[k]) for k, v in enc_a.state_dict().items())
+    assert meta_b.pop("source_checkpoint") == str(sharded.resolve())
+    assert meta_a.pop("source_checkpoint") == str(ckpt.resolve())
+    assert meta_a == meta_b
+    # the consolidated scratch copy is gone; only the export is left beside it
+    assert sorted(p.name for p in from_folder.parent.iterdir()) == [name]

@@ -1,6 +1,7 @@
-"""salt.strategies on CPU: frozen-teacher detection, DDP ignore list, and a real 2-process gloo run
-(torchrun) of DDP and FSDP2 on a tiny student/teacher pair: the teacher stays unsharded and out of
-the optimizer, FSDP ends at the same weights as DDP, a sharded checkpoint resumes and consolidates.
+"""salt.strategies on CPU: a real 2-process gloo run (torchrun) of DDP and FSDP2 on a tiny
+student/teacher pair and on the real ``StudentModule``: the teacher, held outside the module tree
+as ``salt.latent`` does, stays out of what DDP wraps and FSDP shards, out of the optimizer and
+unchanged; FSDP ends at the same weights as DDP, a sharded checkpoint resumes and consolidates.
 
 This file is also the worker: `torchrun --nproc-per-node 2 tests/test_strategies.py OUT_DIR`.
 """
@@ -22,6 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from train_helpers import module_kwargs, shards, train_teacher_checkpoint  # noqa: F401
 
+from salt.checkpointing import consolidate_checkpoint
 from salt.models import create_encoder
 from salt.models.block import Block
 from salt.models.predictor import Predictor
@@ -29,22 +31,27 @@ from salt.strategies import (
     SaltDDPStrategy,
     SaltFSDPStrategy,
     build_strategy,
-    consolidate_checkpoint,
-    frozen_state_names,
-    frozen_submodules,
 )
 
 ENC = {"img_size": 32, "num_frames": 4}  # vit_test on a 2×2×2 token grid
 
 
 class TinyStudent(pl.LightningModule):
-    """Stage-2 shape in miniature: frozen teacher targets, student + predictor trained with L1."""
+    """Stage-2 shape in miniature: frozen teacher targets, student + predictor trained with L1.
+    The teacher is held outside the module tree, as ``salt.latent.LatentTargetModule`` holds it."""
 
     def __init__(self) -> None:
         super().__init__()
         self.student = create_encoder("vit_test", **ENC)
         self.predictor = Predictor(64, 64, embed_dim=32, depth=1, num_heads=2, mlp_hidden_dim=64)
-        self.teacher = create_encoder("vit_test", **ENC).requires_grad_(False).eval()
+        self._teacher = [create_encoder("vit_test", **ENC).requires_grad_(False).eval()]
+
+    @property
+    def teacher(self) -> nn.Module:
+        return self._teacher[0]
+
+    def on_fit_start(self) -> None:
+        self.teacher.to(self.device)
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
         x = batch  # [B, 3, 4, 32, 32]
@@ -72,17 +79,6 @@ class Clips(Dataset):
 
 
 # --------------------------------------------------------------------------- in-process tests
-
-
-def test_frozen_teacher_is_found_and_ignored_by_ddp() -> None:
-    m = TinyStudent()
-    assert [n for n, _ in frozen_submodules(m)] == ["teacher"]
-    names = frozen_state_names(m)
-    assert names and all(n.startswith("teacher.") for n in names)
-    assert len(names) >= sum(1 for _ in m.teacher.parameters())
-    # a module may name its frozen parts itself
-    m.frozen_modules = lambda: {"predictor": m.predictor}
-    assert [n for n, _ in frozen_submodules(m)] == ["predictor"]
 
 
 def test_build_strategy_and_validation() -> None:
@@ -114,16 +110,22 @@ def test_strategy_configs_parse() -> None:
 
 
 class Inspect(pl.Callback):
-    """What the wrapped model looks like while training (teardown unwraps it)."""
+    """What the wrapped model looks like while training (teardown unwraps it): whether any
+    teacher tensor is among what the strategy wraps (DDP broadcasts, buckets and reduces those)."""
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.ddp_ignored = sorted(getattr(trainer.strategy.model, "parameters_to_ignore", []))
+        wrapped = trainer.strategy.model
+        ids = {id(t) for t in [*wrapped.parameters(), *wrapped.buffers()]}
+        teacher = [*pl_module.teacher.parameters(), *pl_module.teacher.buffers()]
+        self.teacher_wrapped = any(id(t) in ids for t in teacher)
+        self.wrapped_params = sum(1 for _ in wrapped.parameters())
 
 
 def _fit(strategy: pl.strategies.Strategy, max_steps: int, ckpt: str | None = None) -> pl.Trainer:
     pl.seed_everything(0, verbose=False)
     model = TinyStudent()
     model.init_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    model.init_teacher = {k: v.detach().clone() for k, v in model.teacher.state_dict().items()}
     trainer = pl.Trainer(
         accelerator="cpu",
         devices=2,
@@ -146,6 +148,58 @@ def _full_state(trainer: pl.Trainer) -> dict[str, torch.Tensor]:
     return get_model_state_dict(trainer.lightning_module, options=opts)
 
 
+def _fit_student(strategy: pl.strategies.Strategy, teacher: Path) -> tuple[pl.Trainer, dict]:
+    """3 steps of the real ``StudentModule`` (synthetic clips, the module's own masks)."""
+    from test_golden_loss import SyntheticClips
+
+    from salt.student import StudentModule
+
+    pl.seed_everything(0, verbose=False)
+    model = StudentModule(**module_kwargs("student", teacher=str(teacher), warmup_steps=1))
+    init_teacher = {k: v.detach().clone() for k, v in model.teacher.state_dict().items()}
+    trainer = pl.Trainer(
+        accelerator="cpu", devices=2, strategy=strategy, max_steps=3, logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        callbacks=[Inspect()], use_distributed_sampler=False, gradient_clip_val=1.0,
+    )  # fmt: skip
+    trainer.fit(model, datamodule=SyntheticClips(seed=4))
+    m = trainer.lightning_module
+    inspect = next(c for c in trainer.callbacks if isinstance(c, Inspect))
+    opt_ids = {id(p) for g in trainer.optimizers[0].param_groups for p in g["params"]}
+    now = m.teacher.state_dict()
+    report = {
+        "teacher_wrapped": inspect.teacher_wrapped,
+        "wrapped_params": inspect.wrapped_params,
+        "teacher_in_optimizer": any(id(p) in opt_ids for p in m.teacher.parameters()),
+        "teacher_moved": max((now[k] - v).abs().max().item() for k, v in init_teacher.items()),
+        "teacher_in_state_dict": any(k.startswith("teacher") for k in m.state_dict()),
+        "global_step": trainer.global_step,
+    }
+    return trainer, report
+
+
+def student_worker(out: Path) -> None:
+    """The real stage-2 module under SaltDDPStrategy and SaltFSDPStrategy."""
+    from torch.distributed.tensor import DTensor
+
+    rank = int(os.environ["RANK"])
+    teacher = out / "teacher.ckpt"
+    trainer, ddp = _fit_student(SaltDDPStrategy(), teacher)
+    ddp_state = {k: v.detach().clone() for k, v in trainer.lightning_module.state_dict().items()}
+    strategy = SaltFSDPStrategy(param_dtype=None, reduce_dtype=None)
+    trainer, fsdp = _fit_student(strategy, teacher)
+    m = trainer.lightning_module
+    fsdp["roots"] = strategy.shard_report["roots"]
+    fsdp["teacher_dtensor"] = any(isinstance(p, DTensor) for p in m.teacher.parameters())
+    fsdp["encoder_all_dtensor"] = all(isinstance(p, DTensor) for p in m.encoder.parameters())
+    full = _full_state(trainer)  # full tensors on rank 0 only
+    if rank == 0:
+        fsdp["vs_ddp_max_abs_diff"] = max(
+            (full[k] - ddp_state[k]).abs().max().item() for k in ddp_state
+        )
+        (out / "student_report.json").write_text(json.dumps({"ddp": ddp, "fsdp": fsdp}, indent=1))
+
+
 def worker(out: Path) -> None:
     from torch.distributed.tensor import DTensor
 
@@ -153,7 +207,9 @@ def worker(out: Path) -> None:
     report: dict = {}
 
     trainer = _fit(SaltDDPStrategy(), max_steps=2)
-    report["ddp_ignored"] = next(c for c in trainer.callbacks if isinstance(c, Inspect)).ddp_ignored
+    inspect = next(c for c in trainer.callbacks if isinstance(c, Inspect))
+    report["ddp_teacher_wrapped"] = inspect.teacher_wrapped
+    report["ddp_wrapped_params"] = inspect.wrapped_params
     ddp_state = {k: v.detach().clone() for k, v in trainer.lightning_module.state_dict().items()}
 
     strategy = SaltFSDPStrategy(param_dtype=None, reduce_dtype=None)
@@ -175,7 +231,10 @@ def worker(out: Path) -> None:
         report["fsdp_vs_ddp_max_abs_diff"] = max(diffs)
         moved = {k: (fsdp_state[k] - v).abs().max().item() for k, v in m.init_state.items()}
         report["student_moved"] = max(d for k, d in moved.items() if k.startswith("student."))
-        report["teacher_moved"] = max(d for k, d in moved.items() if k.startswith("teacher."))
+        teacher_now = m.teacher.state_dict()
+        report["teacher_moved"] = max(
+            (teacher_now[k] - v).abs().max().item() for k, v in m.init_teacher.items()
+        )
     trainer.save_checkpoint(out / "sharded.ckpt")
     report["global_step"] = trainer.global_step
 
@@ -198,13 +257,12 @@ def test_ddp_and_fsdp_two_process_gloo(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     report = json.loads((tmp_path / "report.json").read_text())
 
-    # DDP: the teacher is on DDP's ignore list (never broadcast or reduced)
-    assert report["ddp_ignored"] and all(n.startswith("teacher.") for n in report["ddp_ignored"])
+    # DDP: the teacher is not among what DDP wraps (never broadcast or reduced)
+    assert report["ddp_wrapped_params"] > 0 and not report["ddp_teacher_wrapped"]
     # FSDP: one unit per trainable block + one per trainable child; the teacher left whole
     units = report["fsdp_units"]
-    assert units["frozen"] == ["teacher"]
     assert sorted(units["roots"]) == ["predictor", "student"]
-    assert len(units["blocks"]) == report["n_blocks"] - 2  # the teacher's 2 blocks not wrapped
+    assert len(units["blocks"]) == report["n_blocks"]  # the teacher's blocks are not in the tree
     assert not report["teacher_dtensor"] and report["student_all_dtensor"]
     assert not report["teacher_in_optimizer"]
     assert report["act_checkpoint"] == [True, True]
@@ -236,8 +294,8 @@ def test_fsdp_salt_fit_student_sharded_checkpoint_exports(tmp_path: Path, shards
     written atomically (`last.ckpt` a symlink to the newest, `meta.pt` weights_only-safe), the
     exported encoder loads strictly, and a LiveProbe runs with every rank joining the sharded
     encoder's forwards (on rank 0 alone it deadlocked in the first parameter all-gather)."""
+    from salt.checkpointing import export_sharded_encoder
     from salt.encoder_io import load_encoder
-    from salt.strategies import export_sharded_encoder
 
     teacher = train_teacher_checkpoint(tmp_path / "teacher", shards, steps=2)
     repo = Path(__file__).resolve().parents[1]
@@ -261,7 +319,7 @@ def test_fsdp_salt_fit_student_sharded_checkpoint_exports(tmp_path: Path, shards
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-6000:]
-    assert "FSDP2: 4 block units, roots ['encoder', 'predictor'], frozen (replicated) []" in out
+    assert "FSDP2: 4 block units, roots ['encoder', 'predictor']" in out
     ckpts = tmp_path / "salt-demo" / "fsdp" / "checkpoints"
     names = sorted(p.name for p in ckpts.iterdir())
     # no temp folders left behind; the end of training saved step 3 and last.ckpt points at it
@@ -286,6 +344,32 @@ def test_fsdp_salt_fit_student_sharded_checkpoint_exports(tmp_path: Path, shards
     assert any(k.startswith("predictor.") for k in full["state_dict"])
 
 
+@pytest.mark.slow
+def test_real_student_module_under_ddp_and_fsdp(tmp_path: Path, shards: str) -> None:  # noqa: F811
+    """The real ``StudentModule`` on 2 gloo ranks: its frozen teacher (held outside the module
+    tree) is not among what DDP wraps or FSDP shards, stays out of the optimizer and of the
+    state dict, and does not move; FSDP's steps land where DDP's do."""
+    shutil.copy(
+        train_teacher_checkpoint(tmp_path / "t", shards, steps=2), tmp_path / "teacher.ckpt"
+    )
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2",
+           "--master-port=29535", __file__, "student", str(tmp_path)]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    report = json.loads((tmp_path / "student_report.json").read_text())
+    for name in ("ddp", "fsdp"):
+        r = report[name]
+        assert r["global_step"] == 3, name
+        assert r["wrapped_params"] > 0 and not r["teacher_wrapped"], name
+        assert not r["teacher_in_optimizer"] and not r["teacher_in_state_dict"], name
+        assert r["teacher_moved"] == 0.0, name
+    fsdp = report["fsdp"]
+    assert fsdp["roots"] == ["encoder", "predictor"]
+    assert not fsdp["teacher_dtensor"] and fsdp["encoder_all_dtensor"]
+    assert fsdp["vs_ddp_max_abs_diff"] < 1e-4, fsdp["vs_ddp_max_abs_diff"]
+
+
 def test_consolidate_rejects_non_sharded(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="not a sharded checkpoint"):
         consolidate_checkpoint(tmp_path, tmp_path / "x.ckpt")
@@ -305,4 +389,7 @@ def test_fsdp_rejects_direct_trainable_params_and_ema_teacher() -> None:
 
 
 if __name__ == "__main__":
-    worker(Path(sys.argv[1]))
+    if sys.argv[1] == "student":
+        student_worker(Path(sys.argv[2]))
+    else:
+        worker(Path(sys.argv[1]))

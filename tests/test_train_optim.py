@@ -13,9 +13,8 @@ import torch
 from torch import nn
 
 from salt.health import NonFiniteGuard, NonFiniteLossError, feature_std, rankme
-from salt.optim import build_adamw, param_groups
+from salt.optim import build_adamw, param_groups, prepare_optimizer_step
 from salt.schedules import WarmupCosineSchedule, cosine, ema_momentum, warmup_cosine
-from salt.step import prepare_optimizer_step
 
 
 def test_schedule_functions_reach_final_values_exactly() -> None:

@@ -139,7 +139,7 @@ def worker_agree(out: Path, train_shards: str, teacher: str) -> None:
 
     import salt.student
     from salt.resume import ResumeAgreement
-    from salt.step import gather_mask_targets, latent_loss, latent_targets
+    from salt.step import gather_mask_targets, latent_targets, masked_regression_loss
     from salt.student import StudentModule
 
     calls = []
@@ -155,7 +155,7 @@ def worker_agree(out: Path, train_shards: str, teacher: str) -> None:
             video = self.normalize(batch["video"])
             targets = latent_targets(self.teacher_on(video.device).encoder, video, -1)
             per_mask = gather_mask_targets(targets * float("nan"), batch["masks"])
-            return latent_loss(
+            return masked_regression_loss(
                 self.encoder, self.predictor, video, batch["masks"], per_mask, loss="l1"
             )
 

@@ -146,7 +146,6 @@ def test_longer_resume_rederives_lr_and_ema_together(shards: str, tmp_path: Path
     from salt.ema import EMAModule
     from salt.schedules import cosine, linear, warmup_cosine
 
-    # the EMA baseline with SALT's schedule shapes (warmup + cosine lr, cosine wd 0.04 -> 0.4)
     kw = module_kwargs(
         "student", ema_momentum=0.5, ema_final_momentum=1.0, warmup_steps=4,
         lr_schedule="cosine", final_weight_decay=0.4,
@@ -177,7 +176,7 @@ def test_longer_resume_rederives_lr_and_ema_together(shards: str, tmp_path: Path
     assert [second.momentum[s] for s in range(40, 80)] == pytest.approx(
         [linear(s, 80, 0.5, 1.0) for s in range(40, 80)], abs=2e-3
     )
-    wds = (0.04, 0.4)  # weight_decay default, final_weight_decay as set above
+    wds = (0.04, 0.4)  # SALT's weight-decay schedule (set above; EMAModule's default is flat)
     assert [second.wd[s] for s in range(40, 80)] == pytest.approx(
         [cosine(s, 80, *wds) for s in range(40, 80)], rel=1e-9
     )

@@ -97,6 +97,19 @@ def probe_config() -> dict[str, Any]:
     return {**shipped_config("probe/tiny.yaml"), **shipped_config("demo/probe.yaml")}
 
 
+def __getattr__(name: str) -> Any:
+    """``MASKS``, ``PROBE``, ``PROBE_OVERRIDES``: the demo's masks and probe protocol (tiny.yaml and
+    the demo's overrides), read from the shipped configs for code that imported them from here."""
+    views = {
+        "MASKS": lambda: shipped_config("demo/teacher.yaml")["model"]["init_args"]["masks"],
+        "PROBE": lambda: shipped_config("probe/tiny.yaml"),
+        "PROBE_OVERRIDES": lambda: shipped_config("demo/probe.yaml"),
+    }
+    if name in views:
+        return views[name]()
+    raise AttributeError(f"module 'salt.demo' has no attribute {name!r}")
+
+
 def set_threads(busy_cores: int) -> int:
     """Intra-op threads for the main process: the cores left to it after `busy_cores` workers.
 

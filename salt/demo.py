@@ -110,6 +110,20 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'salt.demo' has no attribute {name!r}")
 
 
+# The probes' ops (a 64-wide encoder, linear heads on [B, 64] features) are too small to split:
+# with 2 threads a probe of one checkpoint spent its time in thread hand-offs (measured on 2
+# shared cores: 272 s with 2 threads, 89 s with 1, most of that start-up).
+PROBE_THREADS = 1
+
+
+def torch_threads(n: int) -> int:
+    """Set torch's intra-op threads to ``n``; returns it."""
+    import torch
+
+    torch.set_num_threads(n)
+    return n
+
+
 def set_threads(busy_cores: int) -> int:
     """Intra-op threads for the main process: the cores left to it after `busy_cores` workers.
 
@@ -233,7 +247,7 @@ def run_demo(out: Path, fast: bool = False) -> dict[str, Any]:
     student_ckpts = _checkpoints(root / EXPERIMENT / "student")
 
     probe = probe_config()
-    set_threads(probe["num_workers"])
+    torch_threads(PROBE_THREADS)
     stages.start(
         4,
         "probes",

@@ -51,9 +51,6 @@ SIZES: dict[str, dict[str, Any]] = {
     "fast": {"clips": (192, 96, 64), "teacher_steps": 200, "student_steps": 300,
              "ckpt_every": 100},
 }  # fmt: skip
-# Side of the synthetic clips in pixels: what configs/demo/*.yaml crop (32²: a quarter of the
-# tokens and pixel targets of 64², and decoding costs about the same per clip).
-VIDEO_SIDE = 32
 
 
 def config_dir() -> Path:
@@ -220,9 +217,8 @@ def run_demo(out: Path, fast: bool = False) -> dict[str, Any]:
     stages.start(1, "shards", "synthetic motion-only videos (class = direction of motion)")
     n_train, n_probe, n_val = size["clips"]
     data = write_synthetic_shards(
-        str(out / "shards"), num_train=n_train, num_probe_train=n_probe, num_val=n_val,
-        size=VIDEO_SIDE, seed=0,
-    )  # fmt: skip
+        str(out / "shards"), num_train=n_train, num_probe_train=n_probe, num_val=n_val, seed=0
+    )
     print(f"shards in {out / 'shards'}: {data['counts']}  ({data['num_classes']} classes)")
 
     teacher_cfg = fit_config("teacher", root, data["train"], fast)

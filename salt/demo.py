@@ -1,32 +1,34 @@
-"""`salt demo`: the whole two-stage pipeline, tiny, on a laptop CPU, from embedded defaults.
+"""`salt demo`: the whole two-stage pipeline, tiny, on a laptop CPU, from the shipped configs.
 
     salt demo [--out DIR] [--fast]
 
 1. synthesize the motion-only dataset (pretraining, probe-train and validation shards);
-2. stage 1: train a tiny pixel teacher (`salt fit` on the embedded teacher config);
-3. stage 2: freeze it and train a tiny student, saving several checkpoints;
-4. probe the teacher, every student checkpoint and a random-init encoder (`salt-probe`);
+2. stage 1: train a tiny pixel teacher (`salt fit` on configs/demo/teacher.yaml);
+3. stage 2: freeze it and train a tiny student (configs/demo/student.yaml), saving several
+   checkpoints;
+4. probe the teacher, every student checkpoint and a random-init encoder (`salt-probe` with
+   configs/probe/tiny.yaml updated by configs/demo/probe.yaml);
 5. relate the students' training loss to their probe accuracy (`salt-runs compare`);
 6. print the final table and write `DIR/summary.json` and the plots.
 
-Everything is logged to one MLflow sqlite store in `DIR/runs/mlflow.db`. The configs this run used
-are written to `DIR/configs/` (they match `configs/demo/*.yaml`, which a test keeps in step), so
+The recipe lives only in those YAML files (package data `salt.configs`); this module adds the run's
+paths and, for `--fast`, fewer steps. Everything is logged to one MLflow sqlite store in
+`DIR/runs/mlflow.db`, and the configs this run used are written to `DIR/configs/`, so
 `salt fit -c DIR/configs/teacher.yaml` reproduces a stage by hand.
 
 Two settings differ from the paper's, because of what this dataset is (measured on it). The class
-is the direction of motion of a random texture: a single frame is at chance, and a patch of texture cannot be predicted from its spatial neighbours. (1) Masks: SPEC's
-multi-block masks span the whole clip in time, so the only route to a masked tubelet would be
-spatial and there is nothing to learn (the teacher's loss sticks at ≈ 0.78 and its features
-collapse); the demo masks the frames of one contiguous half of the clip instead, so predicting
-them needs the motion. (2) Probe: a linear probe on mean-pooled tokens (`configs/probe/tiny.yaml`
-with linear heads only), because an attentive probe reads motion out of random-init tokens too
-(≈ 0.95 top-1): it would measure the probe, not the pretraining.
+is the direction of motion of a random texture: a single frame is at chance, and a patch of
+texture cannot be predicted from its spatial neighbours. (1) Masks: the paper's multi-block masks
+span the whole clip in time, so the only route to a masked tubelet would be spatial and there is
+nothing to learn (the teacher's loss sticks at ≈ 0.78 and its features collapse); the demo masks
+the frames of one contiguous half of the clip instead, so predicting them needs the motion.
+(2) Probe: a linear probe on mean-pooled tokens, because an attentive probe reads motion out of
+random-init tokens too (≈ 0.95 top-1): it would measure the probe, not the pretraining.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import re
@@ -40,61 +42,83 @@ from typing import Any
 import yaml
 
 EXPERIMENT = "salt-demo"
-
-# fmt: off
-# One mask config for both stages: the frames of one contiguous half of the clip (every position)
-# are the target, the other half is the context (module docstring, point 1).
-MASKS = [{"name": "half_clip", "num_blocks": 1, "spatial_scale": [1.0, 1.0],
-          "aspect_ratio": [1.0, 1.0], "temporal_scale": [0.5, 0.5]}]
-# The shared optimisation / data settings of configs/demo/{teacher,student}.yaml.
-_OPTIM = {"masks": MASKS, "lr": 3.0e-3, "start_lr": 3.0e-4, "final_lr": 1.0e-5,
-          "warmup_steps": 100, "weight_decay": 0.04, "final_weight_decay": 0.1,
-          "health_every": 100}
-_DATA = {"frames_per_clip": 8, "frame_step": 2, "crop_size": 64, "batch_size": 16,
-         "num_workers": 1, "shuffle_buffer": 64}
-TEACHER_MODEL = {"class_path": "salt.teacher.TeacherModule", "init_args": {
-    "encoder": "vit_test", "decoder_dim": 48, "decoder_depth": 2, "decoder_heads": 4,
-    "decoder_mlp_hidden": 96, **_OPTIM}}
-STUDENT_MODEL = {"class_path": "salt.student.StudentModule", "init_args": {
-    "encoder": "vit_test", "teacher": None, "predictor_dim": 48, "predictor_depth": 2,
-    "predictor_heads": 4, "predictor_mlp_hidden": 96, **_OPTIM}}
-# The probe protocol of configs/probe/tiny.yaml (kept in step by a test) ...
-PROBE = {"frames_per_clip": 8, "frame_step": 2, "crop_size": 64, "num_segments": 1,
-         "num_views": 1, "num_workers": 0, "extract_batch_size": 8, "probe_depth": 1,
-         "probe_heads": 4, "head_kinds": ["attentive", "linear"], "lrs": [3.0e-3, 1.0e-3],
-         "wds": [0.01, 0.1], "linear_lrs": [3.0e-2, 1.0e-2], "epochs": 60, "batch_size": 16,
-         "heldout_fraction": 0.2}
-# ... with linear heads only (module docstring, point 2), at a higher lr: mean-pooled tokens are
-# small, and here 0.3 / 0.1 beat tiny.yaml's 0.03 / 0.01 (chosen on held-out train, as always).
-PROBE_OVERRIDES = {"head_kinds": ["linear"], "linear_lrs": [0.3, 0.1]}
-# Sizes: full (default) and --fast (CI). clips = (pretraining, probe-train, validation).
-SIZES = {
-    "full": {"clips": (512, 256, 128), "teacher_steps": 2000, "student_steps": 1600,
-             "ckpt_every": 320},
+STAGES = ("teacher", "student")
+# Run sizes: full (default) and --fast (CI). "clips" = (pretraining, probe-train, validation) of the
+# synthetic dataset; the full run's steps and checkpoint interval are configs/demo/*.yaml's, --fast
+# overrides them (its runs check the plumbing only, see FAST_NOTE).
+SIZES: dict[str, dict[str, Any]] = {
+    "full": {"clips": (512, 256, 128)},
     "fast": {"clips": (192, 96, 64), "teacher_steps": 200, "student_steps": 300,
              "ckpt_every": 100},
-}
-# fmt: on
+}  # fmt: skip
 
 
-def fit_config(stage: str, root: Path, shards: str, steps: int, ckpt_every: int) -> dict:
-    """The `salt fit` config of one demo stage (what configs/demo/<stage>.yaml holds)."""
-    return {
-        "experiment": EXPERIMENT,
-        "run_name": stage,
-        "checkpoint_every": ckpt_every,
-        "trainer": {
-            "default_root_dir": str(root),
-            "accelerator": "cpu",
-            "devices": 1,
-            "precision": 32,
-            "max_steps": steps,
-            "log_every_n_steps": 25,
-            "enable_model_summary": False,
-        },
-        "model": copy.deepcopy(TEACHER_MODEL if stage == "teacher" else STUDENT_MODEL),
-        "data": {"train_shards": shards, **_DATA, "epoch_length": steps},  # one bar per stage
+def config_dir() -> Path:
+    """The shipped configs: package data ``salt.configs`` (the repository's ``configs/``), or the
+    checkout's ``configs/`` where an older editable install does not map that package."""
+    try:
+        from importlib.resources import files
+
+        return Path(str(files("salt.configs")))
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parents[1] / "configs"
+
+
+def shipped_config(name: str) -> dict[str, Any]:
+    """``configs/<name>`` parsed (e.g. ``demo/teacher.yaml``)."""
+    path = config_dir() / name
+    if not path.is_file():
+        raise FileNotFoundError(f"shipped config {name} not found under {config_dir()}")
+    return yaml.safe_load(path.read_text())
+
+
+def fit_config(
+    stage: str, root: Path, shards: str, fast: bool = False, teacher: str | None = None
+) -> dict[str, Any]:
+    """configs/demo/<stage>.yaml with this run's paths (and the --fast sizes)."""
+    cfg = shipped_config(f"demo/{stage}.yaml")
+    cfg["trainer"]["default_root_dir"] = str(root)
+    cfg["data"]["train_shards"] = shards
+    if fast:
+        size = SIZES["fast"]
+        steps = size[f"{stage}_steps"]
+        cfg["trainer"]["max_steps"] = cfg["data"]["epoch_length"] = steps  # one bar per stage
+        cfg["checkpoint_every"] = steps if stage == "teacher" else size["ckpt_every"]
+    if stage == "student":
+        cfg["model"]["init_args"]["teacher"] = teacher
+    return cfg
+
+
+def probe_config() -> dict[str, Any]:
+    """The demo's probe protocol: configs/probe/tiny.yaml updated by configs/demo/probe.yaml."""
+    return {**shipped_config("probe/tiny.yaml"), **shipped_config("demo/probe.yaml")}
+
+
+def __getattr__(name: str) -> Any:
+    """``MASKS``, ``PROBE``, ``PROBE_OVERRIDES``: the demo's masks and probe protocol (tiny.yaml and
+    the demo's overrides), read from the shipped configs for code that imported them from here."""
+    views = {
+        "MASKS": lambda: shipped_config("demo/teacher.yaml")["model"]["init_args"]["masks"],
+        "PROBE": lambda: shipped_config("probe/tiny.yaml"),
+        "PROBE_OVERRIDES": lambda: shipped_config("demo/probe.yaml"),
     }
+    if name in views:
+        return views[name]()
+    raise AttributeError(f"module 'salt.demo' has no attribute {name!r}")
+
+
+# The probes' ops (a 64-wide encoder, linear heads on [B, 64] features) are too small to split:
+# with 2 threads a probe of one checkpoint spent its time in thread hand-offs (measured on 2
+# shared cores: 272 s with 2 threads, 89 s with 1, most of that start-up).
+PROBE_THREADS = 1
+
+
+def torch_threads(n: int) -> int:
+    """Set torch's intra-op threads to ``n``; returns it."""
+    import torch
+
+    torch.set_num_threads(n)
+    return n
 
 
 def set_threads(busy_cores: int) -> int:
@@ -138,17 +162,14 @@ _PROGRESS = ["--trainer.callbacks+=TQDMProgressBar", "--trainer.callbacks.refres
 
 
 def _fit(cfg: dict, path: Path) -> None:
-    from salt.cli import SaltCLI
+    """Write `cfg` to `path` and train it: `salt fit -c path` in-process."""
+    from salt.fit_cli import fit
 
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    argv, sys.argv = sys.argv, sys.argv[:1]  # LightningCLI warns if argv holds the demo's flags
-    try:
-        with warnings.catch_warnings():
-            for text in _QUIET:
-                warnings.filterwarnings("ignore", message=f".*{re.escape(text)}")
-            SaltCLI(args=["fit", "-c", str(path), *_PROGRESS])
-    finally:
-        sys.argv = argv
+    with warnings.catch_warnings():
+        for text in _QUIET:
+            warnings.filterwarnings("ignore", message=f".*{re.escape(text)}")
+        fit(["-c", str(path), *_PROGRESS])
 
 
 def _probe(ckpt: Path, data: dict, out_json: Path, tracking_uri: str, extra: list[str]) -> dict:
@@ -200,31 +221,35 @@ def run_demo(out: Path, fast: bool = False) -> dict[str, Any]:
     )
     print(f"shards in {out / 'shards'}: {data['counts']}  ({data['num_classes']} classes)")
 
-    threads = set_threads(_DATA["num_workers"])
-    steps = size["teacher_steps"]
+    teacher_cfg = fit_config("teacher", root, data["train"], fast)
+    threads = set_threads(teacher_cfg["data"]["num_workers"])
     stages.start(
-        2, "teacher", f"stage 1: tiny pixel teacher, {steps} steps ({threads} torch threads)"
+        2,
+        "teacher",
+        f"stage 1: tiny pixel teacher, {teacher_cfg['trainer']['max_steps']} steps "
+        f"({threads} torch thread(s), {teacher_cfg['data']['num_workers']} data worker(s))",
     )
-    _fit(fit_config("teacher", root, data["train"], steps, steps), cfg_dir / "teacher.yaml")
+    _fit(teacher_cfg, cfg_dir / "teacher.yaml")
     teacher_ckpt = root / EXPERIMENT / "teacher" / "checkpoints" / "last.ckpt"
 
+    student_cfg = fit_config("student", root, data["train"], fast, teacher=str(teacher_ckpt))
+    threads = set_threads(student_cfg["data"]["num_workers"])
     stages.start(
-        3, "student", f"stage 2: frozen teacher, tiny student, {size['student_steps']} steps"
+        3,
+        "student",
+        f"stage 2: frozen teacher, tiny student, {student_cfg['trainer']['max_steps']} steps",
     )
-    scfg = fit_config("student", root, data["train"], size["student_steps"], size["ckpt_every"])
-    scfg["model"]["init_args"]["teacher"] = str(teacher_ckpt)
-    _fit(scfg, cfg_dir / "student.yaml")
+    _fit(student_cfg, cfg_dir / "student.yaml")
     student_ckpts = _checkpoints(root / EXPERIMENT / "student")
 
-    set_threads(PROBE["num_workers"])
+    probe = probe_config()
+    torch_threads(PROBE_THREADS)
     stages.start(
         4,
         "probes",
         f"linear probes: teacher, {len(student_ckpts)} student checkpoints, random init",
     )
-    (probe_dir / "probe.yaml").write_text(
-        yaml.safe_dump({**PROBE, **PROBE_OVERRIDES}, sort_keys=False)
-    )
+    (probe_dir / "probe.yaml").write_text(yaml.safe_dump(probe, sort_keys=False))
     results: dict[str, dict] = {}
     results["teacher"] = _probe(teacher_ckpt, data, probe_dir / "teacher.json", tracking_uri, [])
     for i, ckpt in enumerate(student_ckpts):
@@ -261,7 +286,7 @@ def run_demo(out: Path, fast: bool = False) -> dict[str, Any]:
             for k, r in results.items()
             if k != "teacher"
         ],  # fmt: skip
-        "probe": "linear head on mean-pooled frozen tokens (configs/probe/tiny.yaml, linear only)",
+        "probe": "linear head on mean-pooled frozen tokens (configs/demo/probe.yaml)",
         "chance": 1.0 / data["num_classes"],
         "fast": fast,
         "threads": threads,

@@ -1,13 +1,18 @@
 """Every shipped ``salt fit`` config (configs/teacher, configs/student, configs/demo) parses as it
-is and instantiates — model, DataModule and Trainer — through the real CLI with the tiny model.
+is and instantiates — model, DataModule and Trainer — through the real CLI with the tiny model;
+and configs/{teacher,student,ema} resolve to what they resolved to before they were trimmed to
+override-only files (tests/assets/configs_resolved.json).
 
-configs/probe/*.yaml are ``salt-probe`` protocols and configs/strategy/*.yaml trainer fragments;
-neither is a full LightningCLI config, so they are tested by their own rooms.
+configs/probe/*.yaml (and configs/demo/probe.yaml) are ``salt-probe`` protocols and
+configs/strategy/*.yaml trainer fragments; neither is a full LightningCLI config, so their own
+tests cover them (tests/test_probe_configs.py, tests/test_strategies.py, tests/test_demo.py).
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -21,6 +26,9 @@ from salt.teacher import TeacherModule
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+# The fully resolved configs (every option, defaults included) of configs/{teacher,student,ema}
+# as they were when each file still restated the defaults.
+RESOLVED = json.loads((Path(__file__).parent / "assets" / "configs_resolved.json").read_text())
 EXPECTED = {
     "teacher/vits16.yaml": "vit_small",
     "teacher/vitb16.yaml": "vit_base",
@@ -36,6 +44,7 @@ SHIPPED = sorted(
     str(p.relative_to(CONFIGS))
     for d in ("teacher", "student", "demo")
     for p in (CONFIGS / d).glob("*.yaml")
+    if p.name != "probe.yaml"  # configs/demo/probe.yaml: the demo's salt-probe overrides
 )
 TINY = {
     "teacher": ["decoder_dim=48", "decoder_depth=1", "decoder_heads=4", "decoder_mlp_hidden=96"],
@@ -107,3 +116,43 @@ def test_config_instantiates_with_tiny_model(name: str, tiny_teacher: str, tmp_p
     )
     if stage == "student":
         assert model.teacher_info["path"] == str(Path(tiny_teacher).resolve())
+
+
+def _differences(expected: Any, actual: Any, where: str = "") -> list[str]:
+    """Where ``actual`` differs from ``expected``; keys only ``actual`` has (an option added
+    since the expectation was stored, at its default) are not differences."""
+    if isinstance(expected, dict) and isinstance(actual, dict):
+        out = []
+        for key, value in expected.items():
+            if key not in actual:
+                out.append(f"{where}{key}: missing")
+            else:
+                out += _differences(value, actual[key], f"{where}{key}.")
+        return out
+    return [] if expected == actual else [f"{where.rstrip('.')}: {expected!r} -> {actual!r}"]
+
+
+def test_resolved_expectations_cover_every_trimmed_config() -> None:
+    trimmed = sorted(
+        str(p.relative_to(CONFIGS))
+        for d in ("teacher", "student", "ema")
+        for p in (CONFIGS / d).glob("*.yaml")
+    )
+    assert sorted(RESOLVED) == trimmed
+
+
+@pytest.mark.parametrize("name", sorted(RESOLVED))
+def test_config_resolves_as_before_trimming(name: str) -> None:
+    cfg = ParseOnly(args=["-c", str(CONFIGS / name)], run=False).config.as_dict()
+    cfg.pop("config", None)  # the path of the file itself
+    resolved = json.loads(json.dumps(cfg))  # tuples as lists, as stored
+    assert _differences(RESOLVED[name], resolved) == []
+
+
+def test_differences_finds_a_changed_and_a_missing_value() -> None:
+    expected = {"model": {"init_args": {"lr": 1e-3, "compile": True}}, "data": {"crop_size": 224}}
+    actual = {"model": {"init_args": {"lr": 2e-3}}, "data": {"crop_size": 224, "new": 1}}
+    assert _differences(expected, actual) == [
+        "model.init_args.lr: 0.001 -> 0.002",
+        "model.init_args.compile: missing",
+    ]

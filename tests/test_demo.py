@@ -1,4 +1,5 @@
-"""`salt demo`: its embedded settings never drift from the shipped YAML, and `--fast` runs end to end.
+"""`salt demo`: it trains exactly the shipped configs/demo/*.yaml (package data, no second copy),
+it does not import the `salt` dispatcher, and `--fast` runs end to end.
 
 The end-to-end test runs the real pipeline in-process (synthetic H.264 shards, `salt fit` for both
 stages with a real Lightning Trainer and MLflow sqlite store, `salt-probe`, `salt-runs compare`)
@@ -7,6 +8,7 @@ at the `--fast` size, then checks the summary the README promises.
 
 from __future__ import annotations
 
+import ast
 import json
 import math
 from pathlib import Path
@@ -14,32 +16,89 @@ from pathlib import Path
 import pytest
 import yaml
 
-from salt.demo import FAST_NOTE, PROBE, PROBE_OVERRIDES, SIZES, fit_config, main, run_demo
+from salt.demo import (
+    FAST_NOTE,
+    SIZES,
+    config_dir,
+    fit_config,
+    main,
+    probe_config,
+    run_demo,
+    shipped_config,
+)
 from salt.probes.config import ProbeConfig, load_config
 
 REPO = Path(__file__).resolve().parents[1]
+RUN_PATHS = {("trainer", "default_root_dir"), ("data", "train_shards")}
+
+
+def _leaves(cfg: dict, prefix: tuple = ()) -> dict[tuple, object]:
+    out = {}
+    for key, value in cfg.items():
+        if isinstance(value, dict) and value:
+            out.update(_leaves(value, (*prefix, key)))
+        else:
+            out[(*prefix, key)] = value
+    return out
+
+
+def test_demo_reads_the_repository_configs() -> None:
+    # package data salt.configs is the repository's configs/ folder (editable or installed copy)
+    for name in ("demo/teacher.yaml", "demo/student.yaml", "demo/probe.yaml", "probe/tiny.yaml"):
+        assert (config_dir() / name).is_file(), name
+        assert shipped_config(name) == yaml.safe_load((REPO / "configs" / name).read_text())
 
 
 @pytest.mark.parametrize("stage", ["teacher", "student"])
-def test_embedded_fit_config_matches_configs_demo(stage: str) -> None:
-    shipped = yaml.safe_load((REPO / "configs/demo" / f"{stage}.yaml").read_text())
-    full = SIZES["full"]
-    every = full["teacher_steps"] if stage == "teacher" else full["ckpt_every"]
-    embedded = fit_config(
-        stage,
-        Path(shipped["trainer"]["default_root_dir"]),
-        shipped["data"]["train_shards"],
-        full[f"{stage}_steps"],
-        every,
-    )
-    assert embedded == shipped
+def test_full_run_trains_the_shipped_config(stage: str, tmp_path: Path) -> None:
+    shipped = _leaves(yaml.safe_load((REPO / "configs/demo" / f"{stage}.yaml").read_text()))
+    teacher = str(tmp_path / "t.ckpt") if stage == "student" else None
+    cfg = _leaves(fit_config(stage, tmp_path / "runs", "s-{0..1}.tar", teacher=teacher))
+    assert cfg[("trainer", "default_root_dir")] == str(tmp_path / "runs")
+    assert cfg[("data", "train_shards")] == "s-{0..1}.tar"
+    if stage == "student":
+        assert cfg.pop(("model", "init_args", "teacher")) == teacher
+        assert shipped.pop(("model", "init_args", "teacher")) is None  # given on the command line
+    assert {k: v for k, v in cfg.items() if k not in RUN_PATHS} == {
+        k: v for k, v in shipped.items() if k not in RUN_PATHS
+    }
 
 
-def test_embedded_probe_matches_configs_probe_tiny() -> None:
-    assert yaml.safe_load((REPO / "configs/probe/tiny.yaml").read_text()) == PROBE
-    assert set(PROBE_OVERRIDES) <= set(ProbeConfig.__dataclass_fields__)
-    cfg = load_config(None, {**PROBE, **PROBE_OVERRIDES})
-    assert cfg.head_kinds == ["linear"]
+@pytest.mark.parametrize("stage", ["teacher", "student"])
+def test_fast_run_changes_only_the_steps(stage: str, tmp_path: Path) -> None:
+    full = _leaves(fit_config(stage, tmp_path, "s.tar"))
+    fast = _leaves(fit_config(stage, tmp_path, "s.tar", fast=True))
+    steps = SIZES["fast"][f"{stage}_steps"]
+    every = steps if stage == "teacher" else SIZES["fast"]["ckpt_every"]
+    changed = {k: fast[k] for k in full if fast[k] != full[k]}
+    assert changed == {
+        ("trainer", "max_steps"): steps,
+        ("data", "epoch_length"): steps,
+        ("checkpoint_every",): every,
+    }
+
+
+def test_probe_protocol_is_tiny_updated_by_the_demo_overrides() -> None:
+    tiny = yaml.safe_load((REPO / "configs/probe/tiny.yaml").read_text())
+    overrides = yaml.safe_load((REPO / "configs/demo/probe.yaml").read_text())
+    assert set(overrides) <= set(ProbeConfig.__dataclass_fields__)
+    assert probe_config() == {**tiny, **overrides}
+    cfg = load_config(None, probe_config())
+    assert cfg.head_kinds == ["linear"]  # the demo probes linear heads only (module docstring)
+    demo = yaml.safe_load((REPO / "configs/demo/teacher.yaml").read_text())["data"]
+    assert (cfg.frames_per_clip, cfg.frame_step, cfg.crop_size) == (
+        demo["frames_per_clip"],
+        demo["frame_step"],
+        demo["crop_size"],
+    )  # the probe sees clips like the ones the encoders were trained on
+
+
+def test_demo_does_not_import_the_dispatcher() -> None:
+    # salt.cli loads salt.demo by name; salt.demo reaches `salt fit` through salt.fit_cli
+    tree = ast.parse((REPO / "salt" / "demo.py").read_text())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert "salt.cli" not in imported and "salt.fit_cli" in imported
 
 
 def test_demo_refuses_an_output_folder_that_holds_a_run(tmp_path: Path, capsys) -> None:

@@ -30,9 +30,8 @@ import perf
 import torch
 from bench_setup import (
     autocast_for,
-    build_module,
+    build_for,
     forward_backward,
-    make_teacher_file,
     make_train_step,
     prepare_like_fit,
     restore_act_checkpoint,
@@ -59,7 +58,7 @@ TINY_HEADS = {
 
 
 def default_variants(args: Any) -> list[dict]:
-    """The issue-7 list, most important first (a time budget cuts from the end)."""
+    """The default variant list, most important first (a time budget cuts from the end)."""
     base = {
         "model": args.model,
         "teacher_model": args.teacher_model,
@@ -240,33 +239,6 @@ def run_variant(spec: dict, device: torch.device, workdir: Path) -> dict:
         print(out["traceback"], flush=True)
     out["variant_s"] = round(time.perf_counter() - t0, 1)
     return out
-
-
-def teacher_file_for(spec: dict, workdir: Path) -> Path | None:
-    """The random exported teacher a student variant loads (written once per size and clip)."""
-    if spec.get("stage", "student") != "student":
-        return None
-    name, img, frames = spec["teacher_model"], spec.get("img_size", 224), spec.get("num_frames", 16)
-    return make_teacher_file(
-        workdir / f"teacher_{name}_{frames}x{img}.safetensors", name, img, frames
-    )
-
-
-def build_for(spec: dict, device: torch.device, workdir: Path, compile: bool = False, **kw: Any):
-    """The variant's LightningModule, from its constructor (``bench_setup.build_module``)."""
-    stage = spec.get("stage", "student")
-    return build_module(
-        stage,
-        device,
-        spec["model"],
-        teacher_file=teacher_file_for(spec, workdir),
-        attn=spec.get("attn", "sdpa"),
-        act_checkpoint=spec.get("act_ckpt", False),
-        compile=compile,
-        img_size=spec.get("img_size", 224),
-        num_frames=spec.get("num_frames", 16),
-        **{**(spec.get("module_kwargs") or {}).get(stage, {}), **spec.get("overrides", {}), **kw},
-    )
 
 
 def count_step_flops(

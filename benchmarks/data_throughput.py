@@ -1,6 +1,6 @@
 """Data pipeline throughput: clips/s per CPU core, per decoder backend and end to end.
 
-Workload (SPEC/issue 3): 16 frames at step 4 -> 224x224 clips from H.264 shards stored at short
+Workload (docs/method.md, "Data throughput"): 16 frames at step 4 -> 224x224 clips from H.264 shards stored at short
 side 256 (340x256, 5 s at 30 fps, keyframe every second as ``salt-shards make --resize 256``
 writes them). The script generates those videos itself with PyAV: a textured scene panning with a
 moving object and sensor noise, tuned to a web-like bitrate (printed).

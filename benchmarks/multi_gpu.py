@@ -1,6 +1,6 @@
 """1- vs 2-GPU DDP and FSDP for ViT-L and ViT-g students (ViT-L teacher): step time, memory, scaling.
 
-Issue 6, item 6. Every case is a real ``Trainer.fit`` (``lightning_run.run_lightning``) of the
+Every case is a real ``Trainer.fit`` (``lightning_run.run_lightning``) of the
 module `salt fit` builds, with the strategy `salt fit` uses (``salt.strategies.build_strategy``:
 ``SaltDDPStrategy`` with the frozen teacher on DDP's ignore list, ``SaltFSDPStrategy`` = FSDP2 per
 block), launched by ``torchrun`` with one process per GPU. The per-GPU batch is the same on 1 and

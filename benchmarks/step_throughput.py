@@ -1,6 +1,6 @@
 """Time the real SALT training step on synthetic clips: clips/s, TFLOP/step, MFU, peak memory.
 
-Issue 7. The step is the one `salt fit` runs (``bench_setup``: the LightningModule's own
+The step is the one `salt fit` runs (``bench_setup``: the LightningModule's own
 constructor, ``configure_optimizers``, ``training_loss`` and ``salt.step.prepare_optimizer_step``
 under bf16 autocast), on uint8 clips already on the device with masks from the real
 ``MultiMaskCollator``. A ``lightning`` variant runs ``Trainer.fit`` itself on the same batches, to

@@ -1,4 +1,4 @@
-"""The GPU benchmarks time the step `salt fit` runs, and their CPU smoke run works (issue 7).
+"""The GPU benchmarks time the step `salt fit` runs, and their CPU smoke run works.
 
 - Same step: one optimisation step built by ``benchmarks/bench_setup.make_train_step`` leaves
   exactly the weights that one step of a real ``Trainer.fit`` leaves (same module, same batch,
@@ -152,7 +152,7 @@ def test_report_borrows_flops_and_prints_oom():
     assert "800.0 TFLOP/s" in text
 
 
-def test_default_variants_cover_issue_7():
+def test_default_variants_cover_the_default_list():
     class Args:
         model, teacher_model, batch, steps, warmup, max_norm, device = (
             "vit_large",

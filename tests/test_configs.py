@@ -2,7 +2,8 @@
 is and instantiates — model, DataModule and Trainer — through the real CLI with the tiny model.
 
 configs/probe/*.yaml are ``salt-probe`` protocols and configs/strategy/*.yaml trainer fragments;
-neither is a full LightningCLI config, so they are tested by their own rooms.
+neither is a full LightningCLI config, so they are tested by their own test files
+(tests/test_probe_configs.py, tests/test_strategies.py).
 """
 
 from __future__ import annotations

@@ -46,6 +46,8 @@ import time
 import numpy as np
 import torch
 import webdataset as wds
+from child import print_result
+from child import run_child as run_process
 
 import salt.data.decode as salt_decode
 from salt.data import VideoDataModule
@@ -189,7 +191,7 @@ def run_child(args: argparse.Namespace) -> None:
         out["end_to_end_float"] = bench_end_to_end(
             pattern, args, float_in_worker=True, backend=backend
         )
-    print("RESULT " + json.dumps(out))
+    print_result(out)
 
 
 def run_decoder(name: str, shards_dir: str, args: argparse.Namespace, float_check: bool) -> dict:
@@ -201,12 +203,11 @@ def run_decoder(name: str, shards_dir: str, args: argparse.Namespace, float_chec
     cmd = [sys.executable, __file__, *sys.argv[1:], "--child", name, "--shards-dir", shards_dir]
     if float_check:
         cmd.append("--float-check")
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
-    if proc.returncode or line is None:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+    child = run_process(cmd, env=env)
+    if child.returncode or not child.results:
+        tail = (child.stderr or child.stdout).strip().splitlines()[-1:] or ["no output"]
         return {"error": tail[0][:200]}
-    return json.loads(line[len("RESULT ") :])
+    return child.results[0]
 
 
 class FloatInWorker(TrainClipStream):

@@ -18,10 +18,11 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from child import print_result, run_child
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -169,7 +170,7 @@ def main() -> None:
     if unknown:
         p.error(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
     if args.one:
-        print("RESULT " + json.dumps(run_one(args)), flush=True)
+        print_result(run_one(args))
         return
 
     import yaml
@@ -216,18 +217,16 @@ def main() -> None:
         cmd = [sys.executable, __file__, "--one", "--warmup-steps", str(args.warmup_steps),
                "--config", args.config, *prof, "--", *base, *VARIANTS[name]]  # fmt: skip
         timeout = None if args.deadline is None else max(30, args.deadline - time.time())
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-            if args.profile:  # the child's log beside its profile (Lightning's hook timings)
-                (Path(args.profile) / name).mkdir(parents=True, exist_ok=True)
-                (Path(args.profile) / name / "log.txt").write_text(proc.stdout + proc.stderr)
-            lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-            if lines:
-                rows[name] = json.loads(lines[-1][7:])
-            else:
-                rows[name] = {"error": (proc.stderr or proc.stdout)[-1500:]}
-        except subprocess.TimeoutExpired:
+        child = run_child(cmd, timeout=timeout)
+        if args.profile:  # the child's log beside its profile (Lightning's hook timings)
+            (Path(args.profile) / name).mkdir(parents=True, exist_ok=True)
+            (Path(args.profile) / name / "log.txt").write_text(child.stdout + child.stderr)
+        if child.timed_out:
             rows[name] = {"error": "timeout"}
+        elif child.results:
+            rows[name] = child.results[-1]
+        else:
+            rows[name] = {"error": (child.stderr or child.stdout)[-1500:]}
         print(name, json.dumps(rows[name])[:2000], flush=True)
 
     import torch

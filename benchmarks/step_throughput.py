@@ -25,8 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -35,10 +33,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import perf  # noqa: E402
+from child import print_result, run_child  # noqa: E402
 from report import format_table  # noqa: E402
 from variants import default_variants, run_variant  # noqa: E402
-
-RESULT_PREFIX = "RESULT "
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -93,13 +90,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _last_error(stderr: str) -> str:
-    """The last ``SomethingError: ...`` line of a child's stderr (else its last line)."""
-    lines = stderr.strip().splitlines() or ["no output"]
-    errors = [ln for ln in lines if re.search(r"\w+(Error|Exception)\b.*:", ln)]
-    return (errors or lines)[-1].strip()
-
-
 def _run_subprocess(spec: dict, args: argparse.Namespace, timeout: float) -> dict:
     """Run one variant in a fresh process (clean CUDA memory; killed at ``timeout``)."""
     cmd = [
@@ -112,26 +102,15 @@ def _run_subprocess(spec: dict, args: argparse.Namespace, timeout: float) -> dic
         "--workdir",
         str(args.workdir.parent),
     ]
-    t0 = time.perf_counter()
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired as exc:
-        tail = (
-            (exc.stdout or b"")[-2000:]
-            if isinstance(exc.stdout, bytes)
-            else (exc.stdout or "")[-2000:]
-        )
-        print(tail, flush=True)
-        return {**spec, "status": f"timeout after {timeout:.0f}s"}
-    sys.stdout.write(proc.stdout)
-    sys.stderr.write(proc.stderr[-4000:])
-    for line in reversed(proc.stdout.splitlines()):
-        if line.startswith(RESULT_PREFIX):
-            out = json.loads(line[len(RESULT_PREFIX) :])
-            out["wall_s"] = round(time.perf_counter() - t0, 1)
-            return out
-    last = _last_error(proc.stderr)
-    return {**spec, "status": f"failed (rc {proc.returncode}): {last[:200]}"}
+    child = run_child(cmd, timeout=timeout)
+    if child.timed_out:
+        print(child.stdout[-2000:], flush=True)
+        return {**spec, "status": child.status()}
+    sys.stdout.write(child.stdout)
+    sys.stderr.write(child.stderr[-4000:])
+    if child.results:
+        return {**child.results[-1], "wall_s": child.wall_s}
+    return {**spec, "status": child.status()}
 
 
 _FORK_CTX = None
@@ -254,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.one:  # child process: one variant, result on one line
         res = run_variant(json.loads(args.one), torch.device(args.device), args.workdir)
-        print(RESULT_PREFIX + json.dumps(res), flush=True)
+        print_result(res)
         return 0
     results = drive(args)
     if args.json:

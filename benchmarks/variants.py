@@ -39,6 +39,7 @@ from bench_setup import (
     set_act_checkpoint,
     synthetic_batches,
 )
+from child import print_result
 
 # configs/demo/*.yaml: predictor / pixel decoder 2 blocks × 48 wide (the CPU smoke run).
 TINY_HEADS = {
@@ -345,10 +346,9 @@ def _teacher_forward_ms(module, batch: dict, device: torch.device, amp: bool) ->
 def run_variant_into(conn: Any, spec: dict, device: str, workdir: str) -> None:
     """``run_variant`` in a forked worker: the result goes back through ``conn`` (a Pipe end)
     and is printed as the ``RESULT`` line the subprocess path prints."""
-    import json
 
     res = run_variant(spec, torch.device(device), Path(workdir))
-    print("RESULT " + json.dumps(res), flush=True)
+    print_result(res)
     conn.send(res)
     conn.close()
 

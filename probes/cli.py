@@ -29,12 +29,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from salt.errors import UsageError, cli_entry
-from salt.probes import tracking
-from salt.probes.config import ProbeConfig, load_config
 from salt.tracking_uri import redact_uri
 
+from . import tracking
+from .config import ProbeConfig, load_config
+
 if TYPE_CHECKING:  # torch and the probe protocol load in run(): `salt-probe --help` stays fast
-    from salt.probes.protocol import ProbeResult
+    from .protocol import ProbeResult
 
 EXIT_STOPPED = 75  # EX_TEMPFAIL: stopped on the signal, state saved; rerun to continue
 # settings that change speed or memory but not the result (left out of the protocol tag)
@@ -213,9 +214,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from salt.encoder_io import file_sha256
-    from salt.probes import load_encoder
-    from salt.probes.dist import init_distributed
-    from salt.probes.online import check_splits
+
+    from . import load_encoder
+    from .dist import init_distributed
+    from .online import check_splits
 
     overrides = {k: getattr(args, k, None) for k in ProbeConfig.__dataclass_fields__}
     cfg = load_config(args.config, overrides)
@@ -232,8 +234,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _run(args, cfg, dist, file_sha256, load_encoder) -> dict[str, Any]:
-    from salt.probes.protocol import evaluate_encoder, random_like
-    from salt.probes.state import Interrupted, StateStore
+    from .protocol import evaluate_encoder, random_like
+    from .state import Interrupted, StateStore
 
     log = (lambda m: print(m, file=sys.stderr, flush=True)) if dist.is_main else (lambda m: None)
     encoder, meta = load_encoder(args.ckpt, which=getattr(args, "which", "auto"))
@@ -243,7 +245,7 @@ def _run(args, cfg, dist, file_sha256, load_encoder) -> dict[str, Any]:
     target = meta.get("which") == "target"  # one file, two encoders: separate caches and state
     if enc_id and target:
         enc_id += ":target"
-    from salt.probes.protocol import resolve_mode
+    from .protocol import resolve_mode
 
     resolved = ProbeConfig(**{**cfg.to_dict(), "mode": resolve_mode(cfg, dist.device)})
     tag = protocol_tag(resolved, args.config, args.num_classes, args.train, args.val)
@@ -309,7 +311,7 @@ def _run(args, cfg, dist, file_sha256, load_encoder) -> dict[str, Any]:
 
 def _write_outputs(args, out: dict, res: ProbeResult, ckpt: str, ml: _Mlflow | None, task: str,
                    meta: dict) -> None:  # fmt: skip
-    from salt.probes.metrics import save_confusion_png
+    from .metrics import save_confusion_png
 
     if args.output_json:
         Path(args.output_json).parent.mkdir(parents=True, exist_ok=True)
@@ -345,7 +347,7 @@ def _write_outputs(args, out: dict, res: ProbeResult, ckpt: str, ml: _Mlflow | N
 @cli_entry("salt-probe", also=(FileNotFoundError, ValueError, MemoryError))
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)  # before torch loads: `--help` stays fast
-    from salt.probes.state import Interrupted
+    from .state import Interrupted
 
     try:
         run(args)

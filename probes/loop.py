@@ -32,14 +32,15 @@ import torch
 
 from salt.data.stats import sum_counts
 from salt.errors import UsageError
-from salt.probes.config import ProbeConfig
-from salt.probes.dist import Dist
-from salt.probes.grid import HeadSpec, ProbeGrid, num_steps
-from salt.probes.metrics import classification_metrics
-from salt.probes.optim import lr_factor
-from salt.probes.selection import rank_heads, select_head
-from salt.probes.state import Interrupted, StateStore, StopSignal, requeue_slurm_job
 from salt.progress import ProgressLine
+
+from .config import ProbeConfig
+from .dist import Dist
+from .grid import HeadSpec, ProbeGrid, num_steps
+from .metrics import classification_metrics
+from .optim import lr_factor
+from .selection import rank_heads, select_head
+from .state import Interrupted, StateStore, StopSignal, requeue_slurm_job
 
 STOP_CHECK_EVERY = 10  # steps between the ranks' agreement on the stop flag
 

@@ -26,9 +26,10 @@ from torch import nn
 
 from salt.data.stats import sum_counts
 from salt.errors import UsageError
-from salt.probes.config import ProbeConfig
-from salt.probes.dist import Dist
-from salt.probes.features import compile_encoder, encode_clips, feature_dim
+
+from .config import ProbeConfig
+from .dist import Dist
+from .features import compile_encoder, encode_clips, feature_dim
 
 
 def check_splits(train: str | Sequence[str], val: str | Sequence[str], num_classes: int) -> None:

@@ -20,14 +20,15 @@ from torch import nn
 
 from salt.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from salt.errors import UsageError
-from salt.probes.config import ProbeConfig
-from salt.probes.dist import Dist
-from salt.probes.features import FeatureSet, cached_extract, extract_features, feature_cache_key
-from salt.probes.grid import make_grid
-from salt.probes.loop import Loop
-from salt.probes.metrics import classification_metrics
-from salt.probes.sources import CachedSource
-from salt.probes.state import StateStore
+
+from .config import ProbeConfig
+from .dist import Dist
+from .features import FeatureSet, cached_extract, extract_features, feature_cache_key
+from .grid import make_grid
+from .loop import Loop
+from .metrics import classification_metrics
+from .sources import CachedSource
+from .state import StateStore
 
 
 @dataclass
@@ -208,7 +209,7 @@ def evaluate_encoder(
         kw = dict(encoder_id=encoder_id, mean=mean, std=std, device=dist.device, log=log)
         source, num_train = _cached_source(encoder, cfg, train_shards, val_shards, kw, dist.device)
     else:
-        from salt.probes.online import OnlineSource
+        from .online import OnlineSource
 
         source = OnlineSource(
             encoder, cfg, train_shards, val_shards, num_classes, dist=dist, mean=mean, std=std

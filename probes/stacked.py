@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
-from salt.probes.heads import AttentiveProbe, LinearProbe
+from .heads import AttentiveProbe, LinearProbe
 
 _EPS = 1e-6  # LayerNorm eps of heads.AttentiveProbe
 

@@ -35,14 +35,6 @@ from salt.student import StudentModule  # noqa: E402
 from salt.teacher import TeacherModule  # noqa: E402
 
 
-@pytest.fixture
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # OpenMP spinning on a loaded 2-core machine is ~15x slower
-    yield
-    torch.set_num_threads(n)
-
-
 def test_benchmark_calls_the_fit_step_functions():
     assert bench_setup.STEP_FUNCTIONS["student"] is StudentModule.training_loss
     assert bench_setup.STEP_FUNCTIONS["teacher"] is TeacherModule.training_loss
@@ -68,7 +60,6 @@ def _teacher_module() -> TeacherModule:
     )
 
 
-@pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize("max_norm", [None, 1e-3])
 def test_benchmark_step_equals_trainer_step(tmp_path, max_norm):
     """Two steps of the benchmark loop and of Trainer.fit give identical weights (CPU, fp32)."""

@@ -13,14 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from train_helpers import module_kwargs, one_thread  # noqa: F401
+from train_helpers import module_kwargs
 
 from salt.cli import SaltCLI
 from salt.data import VideoDataModule
 from salt.student import StudentModule
 from salt.teacher import TeacherModule
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 EXPECTED = {
     "teacher/vits16.yaml": "vit_small",

@@ -324,9 +324,12 @@ def main() -> None:
     p.add_argument("--warmup-batches", type=int, default=2)
     p.add_argument("--decoders", default="decord,pyav", help=f"comma list of {', '.join(DECODERS)}")
     p.add_argument(
-        "--site", action="append", default=[], metavar="NAME=DIR",
+        "--site",
+        action="append",
+        default=[],
+        metavar="NAME=DIR",
         help="put DIR first on the path of decoder NAME's process (decord2, torchcodec)",
-    )  # fmt: skip
+    )
     p.add_argument("--repeats", type=int, default=1, help="runs per decoder (median reported)")
     p.add_argument("--json", default=None, help="write the results here")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)

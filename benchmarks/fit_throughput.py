@@ -53,7 +53,7 @@ VARIANTS = {
     "eager+ckpt": EAGER + CKPT,
     "no-pin": ["--data.pin_memory", "false"],
     "simple-profiler": ["--trainer.profiler", "simple"],
-}  # fmt: skip
+}
 
 
 def make_shards(workdir: Path, size: int, frames: int, count: int) -> str:
@@ -204,8 +204,9 @@ def main() -> None:
     if cfg["model"]["class_path"].endswith("StudentModule"):
         from bench_setup import make_teacher_file  # imports torch: only where a teacher is needed
 
-        teacher = make_teacher_file(work / f"teacher_{encoder}_{size}_{frames}.safetensors",
-                                    encoder, size, frames)  # fmt: skip
+        teacher = make_teacher_file(
+            work / f"teacher_{encoder}_{size}_{frames}.safetensors", encoder, size, frames
+        )
         base += ["--model.init_args.teacher", str(teacher)]
 
     rows = {}
@@ -232,14 +233,18 @@ def main() -> None:
     import torch
 
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
-    print(f"\n`salt fit -c {Path(args.config).resolve().relative_to(REPO)}` end to end, {args.steps} steps, "
-          f"median of 10-step windows from step {args.warmup_steps}; {device}, torch "
-          f"{torch.__version__}")  # fmt: skip
+    print(
+        f"\n`salt fit -c {Path(args.config).resolve().relative_to(REPO)}` end to end, {args.steps} steps, "
+        f"median of 10-step windows from step {args.warmup_steps}; {device}, torch "
+        f"{torch.__version__}"
+    )
     print("| variant | clips/s | data wait s/step | peak GiB | wall s |\n|---|---:|---:|---:|---:|")
     for name, r in rows.items():
         if "clips_per_s" in r and r["clips_per_s"] is not None:
-            print(f"| {name} | {r['clips_per_s']:.1f} | {r['data_wait_s']:.3f} | "
-                  f"{r['peak_gib']} | {r['wall_s']} |")  # fmt: skip
+            print(
+                f"| {name} | {r['clips_per_s']:.1f} | {r['data_wait_s']:.3f} | "
+                f"{r['peak_gib']} | {r['wall_s']} |"
+            )
         else:
             print(f"| {name} | {r.get('skipped') or 'failed'} | | | |")
     if args.json:

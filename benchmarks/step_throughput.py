@@ -63,15 +63,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="CPU intra-op threads (1 on CPU: spinning OpenMP threads slow tiny models)",
     )
     p.add_argument(
-        "--suite", choices=("default", "perf", "explore"), default="default",
+        "--suite",
+        choices=("default", "perf", "explore"),
+        default="default",
         help="default: the first-round variants; perf: the final salt vs V-JEPA 2 call; "
         "explore: the levers one at a time",
-    )  # fmt: skip
+    )
     p.add_argument(
-        "--isolate", choices=("fork", "subprocess", "none"), default=None,
+        "--isolate",
+        choices=("fork", "subprocess", "none"),
+        default=None,
         help="how each variant runs: forked from a preloaded server (CUDA default), a fresh "
         "subprocess, or in this process (CPU default)",
-    )  # fmt: skip
+    )
     p.add_argument("--vjepa2", default=None, help="V-JEPA 2 checkout for the vjepa2 rows")
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # a variant spec, as JSON
     args = p.parse_args(argv)

@@ -145,10 +145,14 @@ def _table(ckpt: str, meta: dict, res: ProbeResult, rnd: ProbeResult | None) -> 
     for name, r in [("checkpoint", res), ("random-init", rnd)]:
         if r is not None:
             held = r.heldout[r.selected_head]["top1"]
-            lines.append(f"{name:12} {r.top1:7.4f} {r.top5:7.4f} {r.fit_head['top1']:9.4f} "
-                         f"{held:9.4f}  {r.selected_head}")  # fmt: skip
-    lines.append(f"  top1 = the chosen setting {'retrained on all of train' if res.retrained else 'as trained on the fit part'}; "
-                 "fit-head = as trained on the fit part")  # fmt: skip
+            lines.append(
+                f"{name:12} {r.top1:7.4f} {r.top5:7.4f} {r.fit_head['top1']:9.4f} "
+                f"{held:9.4f}  {r.selected_head}"
+            )
+    lines.append(
+        f"  top1 = the chosen setting {'retrained on all of train' if res.retrained else 'as trained on the fit part'}; "
+        "fit-head = as trained on the fit part"
+    )
     lines.append("grid (held-out top-1, best first):")
     for n, h in sorted(res.heldout.items(), key=lambda kv: -kv[1]["top1"]):
         lines.append(f"  {h['top1']:.4f}  loss {h['loss']:.4f}  epochs {h.get('epochs', '-')}  {n}")
@@ -162,13 +166,17 @@ def _table(ckpt: str, meta: dict, res: ProbeResult, rnd: ProbeResult | None) -> 
 class _Mlflow:
     """The probe run (created or resumed on the main rank) and the training run it reports to."""
 
-    def __init__(self, args: argparse.Namespace, meta: dict, state_dir: Path, params: dict,
-                 tags: dict) -> None:  # fmt: skip
+    def __init__(
+        self, args: argparse.Namespace, meta: dict, state_dir: Path, params: dict, tags: dict
+    ) -> None:
         self.uri = tracking.resolve_tracking_uri(args.tracking_uri, args.ckpt)
         c = tracking.client(self.uri)
         self.pretrain_id = meta.get("mlflow_run_id")
-        self.experiment = (args.experiment or tracking.pretrain_experiment(c, self.pretrain_id)
-                           or tracking.DEFAULT_EXPERIMENT)  # fmt: skip
+        self.experiment = (
+            args.experiment
+            or tracking.pretrain_experiment(c, self.pretrain_id)
+            or tracking.DEFAULT_EXPERIMENT
+        )
         run_file = state_dir / "mlflow.json"
         saved = (
             json.loads(run_file.read_text()) if run_file.is_file() and not args.no_resume else {}
@@ -268,8 +276,9 @@ def _run(args, cfg, dist, file_sha256, load_encoder) -> dict[str, Any]:
         ml = _Mlflow(args, meta, state_dir, params, tags)
 
     def evaluate(enc, sub: str, prefix: str, encoder_id) -> ProbeResult:
-        store = StateStore(state_dir / sub, run_key, dist.world_size, dist.is_main,
-                           resume=not args.no_resume)  # fmt: skip
+        store = StateStore(
+            state_dir / sub, run_key, dist.world_size, dist.is_main, resume=not args.no_resume
+        )
         return evaluate_encoder(
             enc, cfg, args.train, args.val, args.num_classes, mean=mean or (0.485, 0.456, 0.406),
             std=std or (0.229, 0.224, 0.225), encoder_id=encoder_id, log=log, dist=dist,
@@ -309,8 +318,9 @@ def _run(args, cfg, dist, file_sha256, load_encoder) -> dict[str, Any]:
     return out
 
 
-def _write_outputs(args, out: dict, res: ProbeResult, ckpt: str, ml: _Mlflow | None, task: str,
-                   meta: dict) -> None:  # fmt: skip
+def _write_outputs(
+    args, out: dict, res: ProbeResult, ckpt: str, ml: _Mlflow | None, task: str, meta: dict
+) -> None:
     from .metrics import save_confusion_png
 
     if args.output_json:
@@ -318,8 +328,11 @@ def _write_outputs(args, out: dict, res: ProbeResult, ckpt: str, ml: _Mlflow | N
     with tempfile.TemporaryDirectory() as tmp:
         png_dir = Path(args.output_json).parent if args.output_json else Path(tmp)
         stem = Path(args.output_json).stem if args.output_json else "probe"
-        png = save_confusion_png(res.confusion, png_dir / f"{stem}_confusion.png",
-                                 title=f"{Path(ckpt).name}: top-1 {res.top1:.3f}")  # fmt: skip
+        png = save_confusion_png(
+            res.confusion,
+            png_dir / f"{stem}_confusion.png",
+            title=f"{Path(ckpt).name}: top-1 {res.top1:.3f}",
+        )
         if ml is not None:
             out["mlflow"] = {
                 "tracking_uri": redact_uri(ml.uri),

@@ -176,8 +176,9 @@ def extract_features(
     total = 0
     plain = log is not None and not is_interactive()
     prog = ProgressLine(desc, None, unit="batch", every=None, every_s=60.0)
-    for i, batch in enumerate(tqdm(loader, desc=desc, disable=None if not plain else True,
-                                   leave=False)):  # fmt: skip
+    for i, batch in enumerate(
+        tqdm(loader, desc=desc, disable=None if not plain else True, leave=False)
+    ):
         if plain and prog.due(i + 1):
             log(prog.update(i + 1, videos=sum(len(f) for f in feats)))
         video = batch["video"].to(device, non_blocking=True)

@@ -103,10 +103,14 @@ def score_heads(
     if stats is not None:
         stats["num_heldout"] = count
     if count == 0:
-        raise UsageError("the held-out slice of train is empty: more training clips are needed "
-                         "(or a larger heldout_fraction)")  # fmt: skip
-    return {name: {"top1": float(tot[i]) / count, "loss": float(tot[G + i]) / count}
-            for i, name in enumerate(grid.names)}  # fmt: skip
+        raise UsageError(
+            "the held-out slice of train is empty: more training clips are needed "
+            "(or a larger heldout_fraction)"
+        )
+    return {
+        name: {"top1": float(tot[i]) / count, "loss": float(tot[G + i]) / count}
+        for i, name in enumerate(grid.names)
+    }
 
 
 def predict_split(
@@ -210,8 +214,10 @@ class Loop:
         c, phase = self.cfg, st["phase"]
         spe = self.source.steps_per_epoch(full)
         if spe < 1:
-            raise UsageError(f"{'train' if full else 'the fit part of train'} gives no full "
-                             f"batch of {c.batch_size} per rank; lower --batch-size")  # fmt: skip
+            raise UsageError(
+                f"{'train' if full else 'the fit part of train'} gives no full "
+                f"batch of {c.batch_size} per rank; lower --batch-size"
+            )
         total, warmup = num_steps(spe, c.epochs, c.warmup_epochs)
         prog = ProgressLine(f"probe {phase}", total, every=None, every_s=c.progress_every_s)
         for epoch in range(st["epoch"], c.epochs):
@@ -269,8 +275,10 @@ class Loop:
             st["grid_scores"][n] = {**scores[n], "epochs": epoch}
         st["rungs"].append({"epoch": epoch, "kept": keep, "scores": scores})
         grid.prune(keep)
-        self.log(f"[probe] halving after epoch {epoch}: kept {len(keep)} of {len(ranked)} heads "
-                 f"(best held-out top-1 {scores[keep[0]]['top1']:.4f})")  # fmt: skip
+        self.log(
+            f"[probe] halving after epoch {epoch}: kept {len(keep)} of {len(ranked)} heads "
+            f"(best held-out top-1 {scores[keep[0]]['top1']:.4f})"
+        )
         return {"heldout_best_top1": scores[keep[0]]["top1"]}
 
     def _heldout_scores(self, grid: ProbeGrid, st: dict) -> dict[str, dict]:
@@ -335,8 +343,10 @@ class Loop:
         st["selected"] = selected
         spec = grid.specs[selected]
         st["selected_spec"] = {"kind": spec.kind, "lr": spec.lr, "wd": spec.wd}
-        self.log(f"[probe] chose {selected} (held-out top-1 {final[selected]['top1']:.4f}); "
-                 "scoring it on validation")  # fmt: skip
+        self.log(
+            f"[probe] chose {selected} (held-out top-1 {final[selected]['top1']:.4f}); "
+            "scoring it on validation"
+        )
         st["fit_head"] = self._validate(grid, st)
         st.update(phase="retrain" if self.cfg.retrain else "done", epoch=0, grid=None)
         self._save(st)

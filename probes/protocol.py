@@ -158,8 +158,9 @@ def _result(st: dict, mode: str, num_train: int, num_fit: int) -> ProbeResult:
 def _cached_source(encoder, cfg, train_shards, val_shards, kw, device) -> tuple[CachedSource, int]:
     train = split_features(encoder, train_shards, cfg, desc="train features", **kw)
     val = split_features(encoder, val_shards, cfg, desc="val features", **kw)
-    kw["log"](f"features: train {tuple(train.feats.shape)}, val {tuple(val.feats.shape)} "
-              "[M, V, S·N, D]")  # fmt: skip
+    kw["log"](
+        f"features: train {tuple(train.feats.shape)}, val {tuple(val.feats.shape)} [M, V, S·N, D]"
+    )
     src = CachedSource(
         train, val, batch_size=cfg.batch_size, val_batch_size=cfg.val_batch_size,
         heldout_fraction=cfg.heldout_fraction, seed=cfg.seed, device=device,
@@ -252,8 +253,9 @@ def probe_features(
     no_retrain = ProbeConfig(**{**cfg.to_dict(), "retrain": False})
     st = Loop(src, no_retrain, specs, num_classes, dist=Dist(device=torch.device(device)),
               log=lambda m: None, score_val=False).run()  # fmt: skip
-    return SweepResult(st["selected"], st["grid_scores"], st["fit_head"]["probs"], src.num_fit,
-                       src.num_heldout)  # fmt: skip
+    return SweepResult(
+        st["selected"], st["grid_scores"], st["fit_head"]["probs"], src.num_fit, src.num_heldout
+    )
 
 
 def score(sweep: SweepResult, train: FeatureSet, val: FeatureSet, num_classes: int) -> ProbeResult:

@@ -111,11 +111,14 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
     out = {"experiment": args.experiment, "fit": fit, "rows": [r.to_dict() for r in usable]}
     if not args.no_log:
         out["run_id"] = tracking.log_run(
-            uri, args.experiment, run_name="compare-loss-vs-top1",
+            uri,
+            args.experiment,
+            run_name="compare-loss-vs-top1",
             tags={"salt.kind": "compare", "salt.teacher_sha256": usable[0].teacher_sha256},
             metrics={f"compare/{k}": v for k, v in fit.items()},
-            artifacts={"": plot}, json_artifacts={"compare.json": out},
-        )  # fmt: skip
+            artifacts={"": plot},
+            json_artifacts={"compare.json": out},
+        )
     return out
 
 
@@ -255,8 +258,10 @@ def sync(args: argparse.Namespace) -> dict[str, Any]:
         raise UsageError(f"{run_dir}: not a run folder (no run.json)")
     out = replay_spool(run_dir, args.tracking_uri)
     uri = redact_uri(args.tracking_uri) if args.tracking_uri else "the store in run.json"
-    print(f"replayed {out['replayed']} spooled operation(s) into run {out['run_id']} at {uri}; "
-          f"{out['backlog']} left")  # fmt: skip
+    print(
+        f"replayed {out['replayed']} spooled operation(s) into run {out['run_id']} at {uri}; "
+        f"{out['backlog']} left"
+    )
     if not out["ok"]:
         raise UsageError(f"store still unreachable: {out['error']}")
     return out

@@ -52,8 +52,10 @@ def test_cpu_fit_with_compile_warns_once_and_runs_eager(shards, tmp_path, fresh_
         trainer(tmp_path / "a", max_steps=2).fit(model, datamodule=datamodule(shards))
         trainer(tmp_path / "b", max_steps=1).fit(model, datamodule=datamodule(shards))
     lines = [r.getMessage() for r in caplog.records if r.name == "salt.module_base"]
-    assert lines == ["compile: true, but running eager: compiled training is for CUDA devices "
-                     "(this run is on cpu)"]  # fmt: skip
+    assert lines == [
+        "compile: true, but running eager: compiled training is for CUDA devices "
+        "(this run is on cpu)"
+    ]
     assert model.use_compile and not model.compiled
     assert not any(_compiled(m) for m in model.modules())
     after = model.state_dict()

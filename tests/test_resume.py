@@ -119,8 +119,11 @@ def test_resume_rule(tmp_path: Path, monkeypatch, capsys) -> None:
 
 def test_attempt_info() -> None:
     assert attempt_info({}) == {
-        "attempt": 1, "restarts": 0, "crash_retries": None, "max_retries": None,
-    }  # fmt: skip
+        "attempt": 1,
+        "restarts": 0,
+        "crash_retries": None,
+        "max_retries": None,
+    }
     env = {"SLURM_RESTART_COUNT": "2", "SALT_ATTEMPT": "3", "SALT_CRASH_RETRIES": "1",
            "SALT_MAX_RETRIES": "3"}  # fmt: skip
     assert attempt_info(env) == {"attempt": 3, "restarts": 2, "crash_retries": 1, "max_retries": 3}

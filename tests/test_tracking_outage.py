@@ -117,8 +117,11 @@ def test_next_start_replays_the_previous_attempts_spool(
     run_dir = tmp_path / "outage" / "r"
     assert (run_dir / SPOOL_FILE).stat().st_size > 0
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    resume = [f"--tracking_uri={store}", f"--ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}",
-              "--trainer.max_steps=6"]  # fmt: skip
+    resume = [
+        f"--tracking_uri={store}",
+        f"--ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}",
+        "--trainer.max_steps=6",
+    ]
     assert main(fit_args(tmp_path, shards, *resume)) == 0
     run_id = json.loads((run_dir / "run.json").read_text())["mlflow_run_id"]
     client = MlflowClient(store)

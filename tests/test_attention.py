@@ -265,8 +265,11 @@ def test_student_sdpa_kernels_option(tmp_path):
     )
     assert kernels(m.teacher.encoder) == {"cudnn"}
     assert kernels(m.predictor) == {"cudnn"} and kernels(m.encoder) == {None}
-    ema = StudentModule(teacher="ema", **kw)
-    assert kernels(ema.teacher.encoder) == {"cudnn"} and kernels(ema.encoder) == {"flash"}
+    from salt.ema import EMAModule  # the V-JEPA baseline: the same call sites and defaults
+
+    ema = EMAModule(**kw)
+    assert kernels(ema.target_encoder) == {"cudnn"} and kernels(ema.encoder) == {"flash"}
+    assert kernels(ema.predictor) == {"flash"}
     with pytest.raises(UsageError, match="unknown call site 'decoder'"):
         StudentModule(teacher=str(teacher), sdpa_kernels={"decoder": "flash"}, **kw)
     with pytest.raises(UsageError, match="sdpa_kernels.teacher: SDPA kernel must be one of"):

@@ -128,7 +128,9 @@ def test_stream_counts_decode_timeouts_in_workers(slow_video, tmp_path, num_work
         [video_sample("slow0", slow_video), video_sample("ok", small), video_sample("slow1", slow_video)],
     )  # fmt: skip
     keys, counts = [], []
-    loader = eval_loader(spec, **CLIP, num_workers=num_workers, decode_timeout=0.3)
+    # 0.02 s: far below the slow window's decode on any core (≈ 50 HD frames before it: 0.19 s
+    # with PyAV on this box, 1.7 s with decord); "ok" may time out too on a loaded box (below)
+    loader = eval_loader(spec, **CLIP, num_workers=num_workers, decode_timeout=0.02)
     for batch in loader:
         keys += batch["key"]
         counts.append(batch["data_counts"])

@@ -78,7 +78,9 @@ def encode_tokens(
     features) or the channels ([B, N, k·D])."""
     if not layers:
         return encoder.forward_features(clips)  # [B, N, D]
-    outs = encoder.forward_intermediates(clips, list(layers), norm=True)  # k × [B, N, D]
+    outs = encoder.forward_intermediates(  # k × [B, N, D]
+        clips, list(layers), norm=True, output_fmt="NLC", intermediates_only=True
+    )
     return torch.cat(outs, dim=1 if concat == "tokens" else -1)
 
 

@@ -116,7 +116,9 @@ def test_cuda_features_are_bf16_and_heads_train_under_autocast():
 def test_multi_level_features_join_blocks_along_tokens_or_channels(encoder):
     video = torch.randint(0, 256, (2, 2, 1, 3, 8, 32, 32), dtype=torch.uint8)  # [B, S, V, ...]
     x = normalize(video[:, :, 0].flatten(0, 1))
-    blocks = encoder.forward_intermediates(x, [0, 1], norm=True)  # 2 × [B·S, N, D]
+    blocks = encoder.forward_intermediates(  # 2 × [B·S, N, D]
+        x, [0, 1], norm=True, output_fmt="NLC", intermediates_only=True
+    )
     n, d = blocks[0].shape[1:]
     tok = encode_clips(encoder, video, layers=[0, 1], concat="tokens")
     ch = encode_clips(encoder, video, layers=[0, 1], concat="channels")

@@ -115,6 +115,33 @@ def build_module(
     return module
 
 
+def teacher_file_for(spec: dict, workdir: Path) -> Path | None:
+    """The random exported teacher a student variant loads (written once per size and clip)."""
+    if spec.get("stage", "student") != "student":
+        return None
+    name, img, frames = spec["teacher_model"], spec.get("img_size", 224), spec.get("num_frames", 16)
+    return make_teacher_file(
+        workdir / f"teacher_{name}_{frames}x{img}.safetensors", name, img, frames
+    )
+
+
+def build_for(spec: dict, device: torch.device, workdir: Path, compile: bool = False, **kw: Any):
+    """The variant's LightningModule, from its constructor (``bench_setup.build_module``)."""
+    stage = spec.get("stage", "student")
+    return build_module(
+        stage,
+        device,
+        spec["model"],
+        teacher_file=teacher_file_for(spec, workdir),
+        attn=spec.get("attn", "sdpa"),
+        act_checkpoint=spec.get("act_ckpt", False),
+        compile=compile,
+        img_size=spec.get("img_size", 224),
+        num_frames=spec.get("num_frames", 16),
+        **{**(spec.get("module_kwargs") or {}).get(stage, {}), **spec.get("overrides", {}), **kw},
+    )
+
+
 def prepare_like_fit(module: SaltModule) -> None:
     """``SaltModule.setup("fit")`` minus the Trainer: mask collator, SDPA flags (cuDNN off unless
     ``cudnn_attention``; the per-site kernels are on the modules already), then

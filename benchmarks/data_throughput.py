@@ -1,6 +1,6 @@
 """Data pipeline throughput: clips/s per CPU core, per decoder backend and end to end.
 
-Workload (SPEC/issue 3): 16 frames at step 4 -> 224x224 clips from H.264 shards stored at short
+Workload (docs/method.md, "Data throughput"): 16 frames at step 4 -> 224x224 clips from H.264 shards stored at short
 side 256 (340x256, 5 s at 30 fps, keyframe every second as ``salt-shards make --resize 256``
 writes them). The script generates those videos itself with PyAV: a textured scene panning with a
 moving object and sensor noise, tuned to a web-like bitrate (printed).
@@ -46,6 +46,8 @@ import time
 import numpy as np
 import torch
 import webdataset as wds
+from child import print_result
+from child import run_child as run_process
 
 import salt.data.decode as salt_decode
 from salt.data import VideoDataModule
@@ -189,7 +191,7 @@ def run_child(args: argparse.Namespace) -> None:
         out["end_to_end_float"] = bench_end_to_end(
             pattern, args, float_in_worker=True, backend=backend
         )
-    print("RESULT " + json.dumps(out))
+    print_result(out)
 
 
 def run_decoder(name: str, shards_dir: str, args: argparse.Namespace, float_check: bool) -> dict:
@@ -201,12 +203,11 @@ def run_decoder(name: str, shards_dir: str, args: argparse.Namespace, float_chec
     cmd = [sys.executable, __file__, *sys.argv[1:], "--child", name, "--shards-dir", shards_dir]
     if float_check:
         cmd.append("--float-check")
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
-    if proc.returncode or line is None:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+    child = run_process(cmd, env=env)
+    if child.returncode or not child.results:
+        tail = (child.stderr or child.stdout).strip().splitlines()[-1:] or ["no output"]
         return {"error": tail[0][:200]}
-    return json.loads(line[len("RESULT ") :])
+    return child.results[0]
 
 
 class FloatInWorker(TrainClipStream):
@@ -323,9 +324,12 @@ def main() -> None:
     p.add_argument("--warmup-batches", type=int, default=2)
     p.add_argument("--decoders", default="decord,pyav", help=f"comma list of {', '.join(DECODERS)}")
     p.add_argument(
-        "--site", action="append", default=[], metavar="NAME=DIR",
+        "--site",
+        action="append",
+        default=[],
+        metavar="NAME=DIR",
         help="put DIR first on the path of decoder NAME's process (decord2, torchcodec)",
-    )  # fmt: skip
+    )
     p.add_argument("--repeats", type=int, default=1, help="runs per decoder (median reported)")
     p.add_argument("--json", default=None, help="write the results here")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)

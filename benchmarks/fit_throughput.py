@@ -18,10 +18,11 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from child import print_result, run_child
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -52,7 +53,7 @@ VARIANTS = {
     "eager+ckpt": EAGER + CKPT,
     "no-pin": ["--data.pin_memory", "false"],
     "simple-profiler": ["--trainer.profiler", "simple"],
-}  # fmt: skip
+}
 
 
 def make_shards(workdir: Path, size: int, frames: int, count: int) -> str:
@@ -169,7 +170,7 @@ def main() -> None:
     if unknown:
         p.error(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
     if args.one:
-        print("RESULT " + json.dumps(run_one(args)), flush=True)
+        print_result(run_one(args))
         return
 
     import yaml
@@ -203,8 +204,9 @@ def main() -> None:
     if cfg["model"]["class_path"].endswith("StudentModule"):
         from bench_setup import make_teacher_file  # imports torch: only where a teacher is needed
 
-        teacher = make_teacher_file(work / f"teacher_{encoder}_{size}_{frames}.safetensors",
-                                    encoder, size, frames)  # fmt: skip
+        teacher = make_teacher_file(
+            work / f"teacher_{encoder}_{size}_{frames}.safetensors", encoder, size, frames
+        )
         base += ["--model.init_args.teacher", str(teacher)]
 
     rows = {}
@@ -216,31 +218,33 @@ def main() -> None:
         cmd = [sys.executable, __file__, "--one", "--warmup-steps", str(args.warmup_steps),
                "--config", args.config, *prof, "--", *base, *VARIANTS[name]]  # fmt: skip
         timeout = None if args.deadline is None else max(30, args.deadline - time.time())
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-            if args.profile:  # the child's log beside its profile (Lightning's hook timings)
-                (Path(args.profile) / name).mkdir(parents=True, exist_ok=True)
-                (Path(args.profile) / name / "log.txt").write_text(proc.stdout + proc.stderr)
-            lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-            if lines:
-                rows[name] = json.loads(lines[-1][7:])
-            else:
-                rows[name] = {"error": (proc.stderr or proc.stdout)[-1500:]}
-        except subprocess.TimeoutExpired:
+        child = run_child(cmd, timeout=timeout)
+        if args.profile:  # the child's log beside its profile (Lightning's hook timings)
+            (Path(args.profile) / name).mkdir(parents=True, exist_ok=True)
+            (Path(args.profile) / name / "log.txt").write_text(child.stdout + child.stderr)
+        if child.timed_out:
             rows[name] = {"error": "timeout"}
+        elif child.results:
+            rows[name] = child.results[-1]
+        else:
+            rows[name] = {"error": (child.stderr or child.stdout)[-1500:]}
         print(name, json.dumps(rows[name])[:2000], flush=True)
 
     import torch
 
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
-    print(f"\n`salt fit -c {Path(args.config).resolve().relative_to(REPO)}` end to end, {args.steps} steps, "
-          f"median of 10-step windows from step {args.warmup_steps}; {device}, torch "
-          f"{torch.__version__}")  # fmt: skip
+    print(
+        f"\n`salt fit -c {Path(args.config).resolve().relative_to(REPO)}` end to end, {args.steps} steps, "
+        f"median of 10-step windows from step {args.warmup_steps}; {device}, torch "
+        f"{torch.__version__}"
+    )
     print("| variant | clips/s | data wait s/step | peak GiB | wall s |\n|---|---:|---:|---:|---:|")
     for name, r in rows.items():
         if "clips_per_s" in r and r["clips_per_s"] is not None:
-            print(f"| {name} | {r['clips_per_s']:.1f} | {r['data_wait_s']:.3f} | "
-                  f"{r['peak_gib']} | {r['wall_s']} |")  # fmt: skip
+            print(
+                f"| {name} | {r['clips_per_s']:.1f} | {r['data_wait_s']:.3f} | "
+                f"{r['peak_gib']} | {r['wall_s']} |"
+            )
         else:
             print(f"| {name} | {r.get('skipped') or 'failed'} | | | |")
     if args.json:

@@ -113,9 +113,12 @@ def _student_run(
     from bench_setup import build_module, make_teacher_file, make_train_step
 
     teacher = make_teacher_file(
-        Path(args.workdir) / f"gate_teacher_{args.model}_{args.loss_frames}x{args.loss_size}.safetensors",
-        args.model, args.loss_size, args.loss_frames,
-    )  # fmt: skip
+        Path(args.workdir)
+        / f"gate_teacher_{args.model}_{args.loss_frames}x{args.loss_size}.safetensors",
+        args.model,
+        args.loss_size,
+        args.loss_frames,
+    )
     torch.manual_seed(0)
     module = build_module(
         "student", device, args.loss_student, teacher_file=teacher, img_size=args.loss_size,
@@ -131,9 +134,12 @@ def loss_part(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     from bench_setup import build_module, make_teacher_file
 
     teacher = make_teacher_file(
-        Path(args.workdir) / f"gate_teacher_{args.model}_{args.loss_frames}x{args.loss_size}.safetensors",
-        args.model, args.loss_size, args.loss_frames,
-    )  # fmt: skip
+        Path(args.workdir)
+        / f"gate_teacher_{args.model}_{args.loss_frames}x{args.loss_size}.safetensors",
+        args.model,
+        args.loss_size,
+        args.loss_frames,
+    )
     probe = build_module("student", device, args.loss_student, teacher_file=teacher,
                          img_size=args.loss_size, num_frames=args.loss_frames)  # fmt: skip
     collator = probe.build_mask_collator(seed=0)

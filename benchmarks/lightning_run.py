@@ -17,7 +17,7 @@ from typing import Any
 import perf
 import pytorch_lightning as pl
 import torch
-from bench_setup import synthetic_batches
+from bench_setup import build_for, synthetic_batches
 from torch.utils.data import DataLoader, Dataset
 
 
@@ -75,8 +75,6 @@ def run_lightning(
     num_nodes: int = 1,
 ) -> dict:
     """``Trainer.fit`` for ``warmup + steps`` steps of one module; returns step times and memory."""
-    from variants import build_for
-
     local = device
     if device.type == "cuda":
         local = torch.device("cuda", torch.cuda.current_device())

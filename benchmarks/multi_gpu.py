@@ -1,6 +1,6 @@
 """1- vs 2-GPU DDP and FSDP for ViT-L and ViT-g students (ViT-L teacher): step time, memory, scaling.
 
-Issue 6, item 6. Every case is a real ``Trainer.fit`` (``lightning_run.run_lightning``) of the
+Every case is a real ``Trainer.fit`` (``lightning_run.run_lightning``) of the
 module `salt fit` builds, with the strategy `salt fit` uses (``salt.strategies.build_strategy``:
 ``SaltDDPStrategy`` with the frozen teacher on DDP's ignore list, ``SaltFSDPStrategy`` = FSDP2 per
 block), launched by ``torchrun`` with one process per GPU. The per-GPU batch is the same on 1 and
@@ -19,15 +19,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-RESULT_PREFIX = "RESULT "
+from child import print_result, run_child  # noqa: E402
+
 SAFE_ENV = {
     "NCCL_NVLS_ENABLE": "0",
     "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1",
@@ -111,13 +110,6 @@ def run_one(spec: dict, device_type: str, workdir: Path) -> dict:
     return {**spec, **res, "rank": int(os.environ.get("RANK", "0"))}
 
 
-def _last_error(stderr: str) -> str:
-    """The last ``SomethingError: ...`` line of a child's stderr (else its last line)."""
-    lines = stderr.strip().splitlines() or ["no output"]
-    errors = [ln for ln in lines if re.search(r"\w+(Error|Exception)\b.*:", ln)]
-    return (errors or lines)[-1].strip()
-
-
 def _launch(spec: dict, args: argparse.Namespace, timeout: float) -> dict:
     cmd = [
         sys.executable,
@@ -134,23 +126,16 @@ def _launch(spec: dict, args: argparse.Namespace, timeout: float) -> dict:
         args.workdir,
     ]
     env = {**os.environ, **SAFE_ENV, "PYTHONUNBUFFERED": "1"}
-    t0 = time.perf_counter()
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
-    except subprocess.TimeoutExpired:
-        return {**spec, "status": f"timeout after {timeout:.0f}s"}
-    ranks = [
-        json.loads(line[len(RESULT_PREFIX) :])
-        for line in proc.stdout.splitlines()
-        if line.startswith(RESULT_PREFIX)
-    ]
-    if proc.returncode != 0 or len(ranks) != spec["gpus"]:
-        tail = (proc.stdout[-1500:] + "\n" + proc.stderr[-3000:]).strip()
+    child = run_child(cmd, timeout=timeout, env=env)
+    if child.timed_out:
+        return {**spec, "status": child.status()}
+    ranks = child.results
+    if child.returncode != 0 or len(ranks) != spec["gpus"]:
+        tail = (child.stdout[-1500:] + "\n" + child.stderr[-3000:]).strip()
         print(tail, flush=True)
-        last = _last_error(proc.stderr)
-        return {**spec, "status": f"failed (rc {proc.returncode}): {last[:200]}"}
+        return {**spec, "status": child.status()}
     ranks.sort(key=lambda r: r["rank"])
-    out = {**spec, "status": "ok", "wall_s": round(time.perf_counter() - t0, 1)}
+    out = {**spec, "status": "ok", "wall_s": child.wall_s}
     out["median_ms"] = max(r["median_ms"] for r in ranks)  # the slowest rank sets the pace
     out["spread"] = max(r["spread"] for r in ranks)
     out["peak_mem_gib"] = [r["peak_mem_gib"] or 0.0 for r in ranks]  # None on CPU
@@ -200,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(args.workdir) / "salt_bench"
     if args.one:
         res = run_one(json.loads(args.one), args.device, workdir)
-        print(RESULT_PREFIX + json.dumps(res), flush=True)
+        print_result(res)
         return 0
     cases = (args.cases or DEFAULT_CASES).split(",")
     # perf_counter time at which to stop: --deadline (unix time, from run_gpu.sh) or --budget

@@ -156,7 +156,7 @@ def _salt_frames(stack: list[traceback.FrameSummary]) -> str:
 
 def sync_row(spec: dict, device: torch.device, workdir: Path) -> dict[str, Any]:
     """Count host syncs per training step (eager) and where in salt they come from."""
-    from variants import build_for, make_train_step, synthetic_batches
+    from bench_setup import build_for, make_train_step, synthetic_batches
 
     module = build_for(spec, device, workdir)
     module.mask_collator = module.build_mask_collator()

@@ -262,6 +262,6 @@ def smoke_variants(args: Any) -> list[dict]:
                 "steps": args.steps,
                 "warmup": 1,
                 "mask_sets": 2,
-            }  # fmt: skip
+            }
         )
     return rows

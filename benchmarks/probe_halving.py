@@ -56,9 +56,12 @@ def run_seed(seed: int, a: argparse.Namespace) -> dict:
         t0 = time.perf_counter()
         sweep = probe_features(train, val.feats, cfg, a.classes)
         res = score(sweep, train, val, a.classes)
-        row[sched] = {"pick": sweep.selected, "val_top1": 100 * res.top1,
-                      "heldout_top1": 100 * sweep.heldout[sweep.selected]["top1"],
-                      "seconds": round(time.perf_counter() - t0, 1)}  # fmt: skip
+        row[sched] = {
+            "pick": sweep.selected,
+            "val_top1": 100 * res.top1,
+            "heldout_top1": 100 * sweep.heldout[sweep.selected]["top1"],
+            "seconds": round(time.perf_counter() - t0, 1),
+        }
         if sched == "halving":
             trained = sum(h.get("epochs", a.epochs) for h in sweep.heldout.values())
             row["head_epochs_share"] = trained / (len(sweep.heldout) * a.epochs)
@@ -92,15 +95,21 @@ def main(argv: list[str] | None = None) -> list[dict]:
         a.lrs, a.wds, a.rungs = [3e-3, 1e-4], [0.01, 0.8], [1, 2]
     if a.threads:
         torch.set_num_threads(a.threads)
-    print(f"{'seed':>4} {'full pick':>24} {'val':>6} {'halving pick':>24} {'val':>6} "
-          f"{'delta':>6} {'head-ep':>7}", flush=True)  # fmt: skip
+    print(
+        f"{'seed':>4} {'full pick':>24} {'val':>6} {'halving pick':>24} {'val':>6} "
+        f"{'delta':>6} {'head-ep':>7}",
+        flush=True,
+    )
     rows = []
     for seed in a.seeds:
         r = run_seed(seed, a)
         rows.append(r)
-        print(f"{seed:4d} {r['full']['pick']:>24} {r['full']['val_top1']:6.2f} "
-              f"{r['halving']['pick']:>24} {r['halving']['val_top1']:6.2f} {r['delta']:+6.2f} "
-              f"{r['head_epochs_share']:7.2f}", flush=True)  # fmt: skip
+        print(
+            f"{seed:4d} {r['full']['pick']:>24} {r['full']['val_top1']:6.2f} "
+            f"{r['halving']['pick']:>24} {r['halving']['val_top1']:6.2f} {r['delta']:+6.2f} "
+            f"{r['head_epochs_share']:7.2f}",
+            flush=True,
+        )
     worst = min(r["delta"] for r in rows)
     print(
         f"worst delta {worst:+.2f} top-1 points over seeds {a.seeds} (target >= -0.5); "

@@ -77,13 +77,19 @@ def project(r: dict, g: int, gpus: int) -> dict:
     retrain = e * n * t1
     full = e * fit * tg + held / r["heldout_g"] + val + retrain
     heads = halving_heads(e, g)
-    rungs = sum(held / (r["heldout_1"] + (r["heldout_g"] - r["heldout_1"]) * (h - 1) / (g - 1))
-                for i, h in enumerate(heads, 1) if i in HALVING["rungs"] or i == e)  # fmt: skip
+    rungs = sum(
+        held / (r["heldout_1"] + (r["heldout_g"] - r["heldout_1"]) * (h - 1) / (g - 1))
+        for i, h in enumerate(heads, 1)
+        if i in HALVING["rungs"] or i == e
+    )
     halv = sum(fit * per_clip(h) for h in heads) + rungs + val + retrain
     sel_full, sel_halv = e * fit * tg + held / r["heldout_g"], halv - val - retrain
-    return {"full_h": full / gpus / 3600, "halving_h": halv / gpus / 3600,
-            "select_avg_clips_s_full": e * fit / sel_full,
-            "select_avg_clips_s_halving": e * fit / sel_halv}  # fmt: skip
+    return {
+        "full_h": full / gpus / 3600,
+        "halving_h": halv / gpus / 3600,
+        "select_avg_clips_s_full": e * fit / sel_full,
+        "select_avg_clips_s_halving": e * fit / sel_halv,
+    }
 
 
 def measure(model: str, batch: int, micro: int, ckpt: bool, a: argparse.Namespace, dev) -> dict:
@@ -134,16 +140,20 @@ def fmt(r: dict) -> str:
     if "error" in r:
         return f"{r['model']:<10}{r['batch']:>4}{r['micro']:>4} {str(r['ckpt']):<6} {r['error']}"
     p8, p64 = r["proj8"], r["proj64"]
-    return (f"{r['model']:<10}{r['batch']:>4}{r['micro']:>4} {str(r['ckpt']):<6}"
-            f"{r['train_g']:8.2f}{r['train_1']:8.2f}{r['enc']:8.1f}{r['enc_share']:6.0%}"
-            f"{r['heldout_g']:8.2f}{r['val_1']:8.2f}{(r['peak_gib'] or 0):7.1f}{r['rss_gib']:6.1f}"
-            f"{p8['full_h']:7.1f}{p8['halving_h']:7.1f}{p64['full_h']:7.2f}{p64['halving_h']:7.2f}"
-            f"{p8['select_avg_clips_s_halving']:7.1f}")  # fmt: skip
+    return (
+        f"{r['model']:<10}{r['batch']:>4}{r['micro']:>4} {str(r['ckpt']):<6}"
+        f"{r['train_g']:8.2f}{r['train_1']:8.2f}{r['enc']:8.1f}{r['enc_share']:6.0%}"
+        f"{r['heldout_g']:8.2f}{r['val_1']:8.2f}{(r['peak_gib'] or 0):7.1f}{r['rss_gib']:6.1f}"
+        f"{p8['full_h']:7.1f}{p8['halving_h']:7.1f}{p64['full_h']:7.2f}{p64['halving_h']:7.2f}"
+        f"{p8['select_avg_clips_s_halving']:7.1f}"
+    )
 
 
-HEAD = (f"{'model':<10}{'B':>4}{'mb':>4} {'ckpt':<6}{'train20':>8}{'train1':>8}{'enc':>8}"
-        f"{'enc%':>6}{'held20':>8}{'val1':>8}{'GiB':>7}{'RSS':>6}{'8g-h':>7}{'8g-hv':>7}"
-        f"{'64g-h':>7}{'64g-hv':>7}{'hv-avg':>7}")  # fmt: skip
+HEAD = (
+    f"{'model':<10}{'B':>4}{'mb':>4} {'ckpt':<6}{'train20':>8}{'train1':>8}{'enc':>8}"
+    f"{'enc%':>6}{'held20':>8}{'val1':>8}{'GiB':>7}{'RSS':>6}{'8g-h':>7}{'8g-hv':>7}"
+    f"{'64g-h':>7}{'64g-hv':>7}{'hv-avg':>7}"
+)
 
 
 def rss_cpu(a: argparse.Namespace) -> list[dict]:
@@ -156,8 +166,10 @@ def rss_cpu(a: argparse.Namespace) -> list[dict]:
             out = subprocess.run([sys.executable, __file__, "--rss-child", tmp, str(n)],
                                  capture_output=True, text=True, check=True)  # fmt: skip
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-            print(f"clips {n:5d}  peak RSS {rows[-1]['rss_mib']:.0f} MiB  ({rows[-1]['s']:.0f} s)",
-                  flush=True)  # fmt: skip
+            print(
+                f"clips {n:5d}  peak RSS {rows[-1]['rss_mib']:.0f} MiB  ({rows[-1]['s']:.0f} s)",
+                flush=True,
+            )
     ratio = rows[1]["rss_mib"] / rows[0]["rss_mib"]
     print(f"4x the clips: {ratio:.3f}x the peak RSS (target < 1.3)")
     return rows + [{"ratio": ratio}]

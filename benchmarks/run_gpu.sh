@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# The one script a device call runs (repo root on the GPU machine): installs the carried wheels
+# The one script a GPU run executes (repo root on the GPU machine): installs the carried wheels
 # and the repo, then runs the benchmarks under a time budget so the final table always prints.
 #
-#   bash benchmarks/run_gpu.sh h100 [LIMIT_S] [extra step_throughput.py args]   # issue 7, 1 GPU
-#   bash benchmarks/run_gpu.sh x2   [LIMIT_S] [extra multi_gpu.py args]         # issue 6.6, 2 GPUs
+#   bash benchmarks/run_gpu.sh h100 [LIMIT_S] [extra step_throughput.py args]   # step, 1 GPU
+#   bash benchmarks/run_gpu.sh x2   [LIMIT_S] [extra multi_gpu.py args]         # DDP/FSDP, 2 GPUs
 #   bash benchmarks/run_gpu.sh fit  [LIMIT_S] [extra fit_throughput.py args]    # salt fit, shipped config
 #   bash benchmarks/run_gpu.sh probe 340      # online probe step vs V-JEPA 2's (1 GPU, <= 6 min)
 #   bash benchmarks/run_gpu.sh probe2 340     # the same salt step under torchrun on 2 GPUs
@@ -17,9 +17,9 @@
 # wheels/ (else salt's torch._scaled_mm fallback).
 #   bash benchmarks/run_gpu.sh study [LIMIT_S] [extra experiments/claims/run.py args]  # the claims study
 #
-# LIMIT_S (default 580) is the whole call's wall-clock budget; give the device call a timeout a
+# LIMIT_S (default 580) is the whole call's wall-clock budget; give the GPU job a timeout a
 # little above it. Results land in $OUT (default /tmp/salt_out): env.txt, *.json, *_log.txt and
-# the kernel profiles (at most 8 files come back from a device call).
+# the kernel profiles (at most 8 files: what a remote GPU job may hand back).
 set -uo pipefail
 MODE=${1:-h100}
 LIMIT=${2:-580}

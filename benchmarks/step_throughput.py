@@ -1,6 +1,6 @@
 """Time the real SALT training step on synthetic clips: clips/s, TFLOP/step, MFU, peak memory.
 
-Issue 7. The step is the one `salt fit` runs (``bench_setup``: the LightningModule's own
+The step is the one `salt fit` runs (``bench_setup``: the LightningModule's own
 constructor, ``configure_optimizers``, ``training_loss`` and ``salt.optim.prepare_optimizer_step``
 under bf16 autocast), on uint8 clips already on the device with masks from the real
 ``MultiMaskCollator``. A ``lightning`` variant runs ``Trainer.fit`` itself on the same batches, to
@@ -25,8 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -35,10 +33,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import perf  # noqa: E402
+from child import print_result, run_child  # noqa: E402
 from report import format_table  # noqa: E402
 from variants import default_variants, run_variant  # noqa: E402
-
-RESULT_PREFIX = "RESULT "
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -66,15 +63,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="CPU intra-op threads (1 on CPU: spinning OpenMP threads slow tiny models)",
     )
     p.add_argument(
-        "--suite", choices=("default", "perf", "explore"), default="default",
+        "--suite",
+        choices=("default", "perf", "explore"),
+        default="default",
         help="default: the first-round variants; perf: the final salt vs V-JEPA 2 call; "
         "explore: the levers one at a time",
-    )  # fmt: skip
+    )
     p.add_argument(
-        "--isolate", choices=("fork", "subprocess", "none"), default=None,
+        "--isolate",
+        choices=("fork", "subprocess", "none"),
+        default=None,
         help="how each variant runs: forked from a preloaded server (CUDA default), a fresh "
         "subprocess, or in this process (CPU default)",
-    )  # fmt: skip
+    )
     p.add_argument("--vjepa2", default=None, help="V-JEPA 2 checkout for the vjepa2 rows")
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # a variant spec, as JSON
     args = p.parse_args(argv)
@@ -93,13 +94,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _last_error(stderr: str) -> str:
-    """The last ``SomethingError: ...`` line of a child's stderr (else its last line)."""
-    lines = stderr.strip().splitlines() or ["no output"]
-    errors = [ln for ln in lines if re.search(r"\w+(Error|Exception)\b.*:", ln)]
-    return (errors or lines)[-1].strip()
-
-
 def _run_subprocess(spec: dict, args: argparse.Namespace, timeout: float) -> dict:
     """Run one variant in a fresh process (clean CUDA memory; killed at ``timeout``)."""
     cmd = [
@@ -112,26 +106,15 @@ def _run_subprocess(spec: dict, args: argparse.Namespace, timeout: float) -> dic
         "--workdir",
         str(args.workdir.parent),
     ]
-    t0 = time.perf_counter()
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired as exc:
-        tail = (
-            (exc.stdout or b"")[-2000:]
-            if isinstance(exc.stdout, bytes)
-            else (exc.stdout or "")[-2000:]
-        )
-        print(tail, flush=True)
-        return {**spec, "status": f"timeout after {timeout:.0f}s"}
-    sys.stdout.write(proc.stdout)
-    sys.stderr.write(proc.stderr[-4000:])
-    for line in reversed(proc.stdout.splitlines()):
-        if line.startswith(RESULT_PREFIX):
-            out = json.loads(line[len(RESULT_PREFIX) :])
-            out["wall_s"] = round(time.perf_counter() - t0, 1)
-            return out
-    last = _last_error(proc.stderr)
-    return {**spec, "status": f"failed (rc {proc.returncode}): {last[:200]}"}
+    child = run_child(cmd, timeout=timeout)
+    if child.timed_out:
+        print(child.stdout[-2000:], flush=True)
+        return {**spec, "status": child.status()}
+    sys.stdout.write(child.stdout)
+    sys.stderr.write(child.stderr[-4000:])
+    if child.results:
+        return {**child.results[-1], "wall_s": child.wall_s}
+    return {**spec, "status": child.status()}
 
 
 _FORK_CTX = None
@@ -254,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.one:  # child process: one variant, result on one line
         res = run_variant(json.loads(args.one), torch.device(args.device), args.workdir)
-        print(RESULT_PREFIX + json.dumps(res), flush=True)
+        print_result(res)
         return 0
     results = drive(args)
     if args.json:

@@ -179,8 +179,11 @@ def _spread(values: list[float]) -> dict[str, float]:
     if not values:
         return {"n": 0}
     ordered = sorted(values)
-    return {"n": len(values), "median": round(ordered[len(values) // 2], 4),
-            "max": round(ordered[-1], 4)}  # fmt: skip
+    return {
+        "n": len(values),
+        "median": round(ordered[len(values) // 2], 4),
+        "max": round(ordered[-1], 4),
+    }
 
 
 def run_outage(
@@ -193,17 +196,20 @@ def run_outage(
     workdir.mkdir(parents=True, exist_ok=True)
     shards = workdir / "shards"
     if not (shards / "synthetic.json").is_file():
-        write_synthetic_shards(str(shards), num_train=32, num_val=4, num_probe_train=4,
-                               frames=16, size=32)  # fmt: skip
+        write_synthetic_shards(
+            str(shards), num_train=32, num_val=4, num_probe_train=4, frames=16, size=32
+        )
     server = MlflowServer(workdir / "mlflow.db", free_port(), workdir / "server.log")
     first_start = server.start()
     injector = OutageInjector(server, kill_at, outage_s, after_s)
     t0 = time.monotonic()
     try:
         trainer = run_fit(
-            fit_args(workdir / "runs", str(shards / "train-*.tar"), server.url, max_steps,
-                     log_every), [injector],
-        )  # fmt: skip
+            fit_args(
+                workdir / "runs", str(shards / "train-*.tar"), server.url, max_steps, log_every
+            ),
+            [injector],
+        )
         wall = time.monotonic() - t0
         logger = trainer.loggers[0]
         stats = logger.tracking_stats()
@@ -262,8 +268,9 @@ def main() -> None:
     if args.max_backoff_s is not None:
         os.environ["SALT_TRACKING_MAX_BACKOFF_S"] = str(args.max_backoff_s)
     with tempfile.TemporaryDirectory() as tmp:
-        result = run_outage(Path(args.workdir or tmp), args.outage_s, args.after_s,
-                            args.kill_at, args.log_every)  # fmt: skip
+        result = run_outage(
+            Path(args.workdir or tmp), args.outage_s, args.after_s, args.kill_at, args.log_every
+        )
     print(json.dumps(result, indent=2))
     print(table_row(result))
     if args.json:

@@ -30,9 +30,8 @@ import perf
 import torch
 from bench_setup import (
     autocast_for,
-    build_module,
+    build_for,
     forward_backward,
-    make_teacher_file,
     make_train_step,
     prepare_like_fit,
     restore_act_checkpoint,
@@ -40,6 +39,7 @@ from bench_setup import (
     set_act_checkpoint,
     synthetic_batches,
 )
+from child import print_result
 
 # configs/demo/*.yaml: predictor / pixel decoder 2 blocks × 48 wide (the CPU smoke run).
 TINY_HEADS = {
@@ -59,7 +59,7 @@ TINY_HEADS = {
 
 
 def default_variants(args: Any) -> list[dict]:
-    """The issue-7 list, most important first (a time budget cuts from the end)."""
+    """The default variant list, most important first (a time budget cuts from the end)."""
     base = {
         "model": args.model,
         "teacher_model": args.teacher_model,
@@ -242,33 +242,6 @@ def run_variant(spec: dict, device: torch.device, workdir: Path) -> dict:
     return out
 
 
-def teacher_file_for(spec: dict, workdir: Path) -> Path | None:
-    """The random exported teacher a student variant loads (written once per size and clip)."""
-    if spec.get("stage", "student") != "student":
-        return None
-    name, img, frames = spec["teacher_model"], spec.get("img_size", 224), spec.get("num_frames", 16)
-    return make_teacher_file(
-        workdir / f"teacher_{name}_{frames}x{img}.safetensors", name, img, frames
-    )
-
-
-def build_for(spec: dict, device: torch.device, workdir: Path, compile: bool = False, **kw: Any):
-    """The variant's LightningModule, from its constructor (``bench_setup.build_module``)."""
-    stage = spec.get("stage", "student")
-    return build_module(
-        stage,
-        device,
-        spec["model"],
-        teacher_file=teacher_file_for(spec, workdir),
-        attn=spec.get("attn", "sdpa"),
-        act_checkpoint=spec.get("act_ckpt", False),
-        compile=compile,
-        img_size=spec.get("img_size", 224),
-        num_frames=spec.get("num_frames", 16),
-        **{**(spec.get("module_kwargs") or {}).get(stage, {}), **spec.get("overrides", {}), **kw},
-    )
-
-
 def count_step_flops(
     module, batches: list[dict], device: torch.device, amp: bool = True, n: int = 2
 ) -> float:
@@ -373,10 +346,9 @@ def _teacher_forward_ms(module, batch: dict, device: torch.device, amp: bool) ->
 def run_variant_into(conn: Any, spec: dict, device: str, workdir: str) -> None:
     """``run_variant`` in a forked worker: the result goes back through ``conn`` (a Pipe end)
     and is printed as the ``RESULT`` line the subprocess path prints."""
-    import json
 
     res = run_variant(spec, torch.device(device), Path(workdir))
-    print("RESULT " + json.dumps(res), flush=True)
+    print_result(res)
     conn.send(res)
     conn.close()
 

@@ -15,12 +15,12 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from salt.data.augment import TrainAugment
-    from salt.data.datamodule import VideoDataModule, eval_loader
-    from salt.data.probe_loader import probe_train_loader
-    from salt.data.samples import expand_shards
-    from salt.data.sources import count_samples, in_split, resolve_source
-    from salt.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize
+    from .augment import TrainAugment
+    from .datamodule import VideoDataModule, eval_loader
+    from .probe_loader import probe_train_loader
+    from .samples import expand_shards
+    from .sources import count_samples, in_split, resolve_source
+    from .transforms import IMAGENET_MEAN, IMAGENET_STD, normalize
 
 _HOME = {
     "VideoDataModule": "salt.data.datamodule",

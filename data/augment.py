@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torchvision.transforms import v2
 
-from salt.data.transforms import (
+from .transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     frames_to_tensor,

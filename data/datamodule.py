@@ -39,12 +39,13 @@ from typing import Any, Literal
 import pytorch_lightning as pl
 import torch
 
-from salt.data.dataset import ClipConfig, EvalClipStream, TrainClipStream
-from salt.data.decode import DEFAULT_DECODE_TIMEOUT
-from salt.data.loader import DEFAULT_LOADER_TIMEOUT, SaltDataLoader, make_loader
-from salt.data.sources import Split, check_split, count_samples, countable, resolve_source
-from salt.data.stats import sum_counts
 from salt.errors import UsageError
+
+from .dataset import ClipConfig, EvalClipStream, TrainClipStream
+from .decode import DEFAULT_DECODE_TIMEOUT
+from .loader import DEFAULT_LOADER_TIMEOUT, SaltDataLoader, make_loader
+from .sources import Split, check_split, count_samples, countable, resolve_source
+from .stats import sum_counts
 
 
 def eval_loader(

@@ -35,14 +35,15 @@ import torch
 import webdataset as wds
 from torch.utils.data import IterableDataset, get_worker_info
 
-from salt.data.decode import DEFAULT_DECODE_TIMEOUT, decode_clip
-from salt.data.loader import COUNTS_KEY, ERROR_KEY
-from salt.data.samples import parse_sample
-from salt.data.sampling import clip_step, segment_indices, train_indices
-from salt.data.sources import CsvRow, Split, VideoSource, check_label, in_split, row_samples
-from salt.data.stats import SkipSample, skip_key
-from salt.data.transforms import eval_transform, train_transform
 from salt.errors import UsageError
+
+from .decode import DEFAULT_DECODE_TIMEOUT, decode_clip
+from .loader import COUNTS_KEY, ERROR_KEY
+from .samples import parse_sample
+from .sampling import clip_step, segment_indices, train_indices
+from .sources import CsvRow, Split, VideoSource, check_label, in_split, row_samples
+from .stats import SkipSample, skip_key
+from .transforms import eval_transform, train_transform
 
 MAX_SKIPS_IN_A_ROW = 1000  # a dataset that is all bad is an error, not an endless loop
 MAX_EMPTY_SHARDS_IN_A_ROW = 200

@@ -46,7 +46,7 @@ from typing import Any
 import av
 import numpy as np
 
-from salt.data.stats import SkipSample
+from .stats import SkipSample
 
 try:  # decord ships wheels for Linux x86-64 only; PyAV covers everything else.
     import decord

@@ -27,8 +27,9 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-from salt.data.decode import busy_helpers
 from salt.errors import UsageError
+
+from .decode import busy_helpers
 
 ERROR_KEY = "__usage_error__"
 COUNTS_KEY = "__counts_only__"

@@ -36,8 +36,10 @@ import torch
 import webdataset as wds
 from torch.utils.data import IterableDataset
 
-from salt.data.augment import SegmentAugmenter, TrainAugment
-from salt.data.dataset import (
+from salt.errors import UsageError
+
+from .augment import SegmentAugmenter, TrainAugment
+from .dataset import (
     MAX_SKIPS_IN_A_ROW,
     ClipConfig,
     derive_seed,
@@ -46,11 +48,11 @@ from salt.data.dataset import (
     shuffle_samples,
     worker_slot,
 )
-from salt.data.decode import DEFAULT_DECODE_TIMEOUT, decode_clip
-from salt.data.loader import DEFAULT_LOADER_TIMEOUT, ERROR_KEY, SaltDataLoader, loader_kwargs
-from salt.data.samples import parse_sample
-from salt.data.sampling import clip_step, train_segment_indices
-from salt.data.sources import (
+from .decode import DEFAULT_DECODE_TIMEOUT, decode_clip
+from .loader import DEFAULT_LOADER_TIMEOUT, ERROR_KEY, SaltDataLoader, loader_kwargs
+from .samples import parse_sample
+from .sampling import clip_step, train_segment_indices
+from .sources import (
     Split,
     VideoSource,
     check_label,
@@ -60,8 +62,7 @@ from salt.data.sources import (
     resolve_source,
     row_samples,
 )
-from salt.data.stats import SkipSample, skip_key
-from salt.errors import UsageError
+from .stats import SkipSample, skip_key
 
 
 class _Part:

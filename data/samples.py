@@ -14,8 +14,9 @@ from typing import NamedTuple
 
 from webdataset.shardlists import expand_urls
 
-from salt.data.stats import SkipSample
 from salt.errors import UsageError
+
+from .stats import SkipSample
 
 VIDEO_EXTS = ("mp4", "webm", "mkv", "avi", "mov", "m4v", "mpg", "mpeg", "ogv", "flv", "wmv", "ts")
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import random
 
-from salt.data.stats import SkipSample
+from .stats import SkipSample
 
 SHORT_VIDEO = ("pad", "skip")
 

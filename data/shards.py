@@ -26,12 +26,13 @@ import av
 import webdataset as wds
 from tqdm import tqdm
 
-from salt.data.decode import DEFAULT_DECODE_TIMEOUT, decode_clip
-from salt.data.encode import H264Writer
-from salt.data.samples import VIDEO_EXTS, expand_shards, parse_sample
-from salt.data.sources import read_csv_rows
-from salt.data.stats import SkipSample
 from salt.errors import UsageError
+
+from .decode import DEFAULT_DECODE_TIMEOUT, decode_clip
+from .encode import H264Writer
+from .samples import VIDEO_EXTS, expand_shards, parse_sample
+from .sources import read_csv_rows
+from .stats import SkipSample
 
 DEFAULT_MAX_SIZE = 1 << 30  # 1 GiB shards
 

@@ -25,7 +25,7 @@ _MAX_SIZE_HELP = "bytes per shard (default 1 GiB)"
 
 
 def _make(args: argparse.Namespace) -> int:
-    from salt.data.shards import DEFAULT_MAX_SIZE, list_inputs, report_path, write_shards
+    from .shards import DEFAULT_MAX_SIZE, list_inputs, report_path, write_shards
 
     if not Path(args.input).exists():
         raise MissingInputError(f"--input {args.input}: no such CSV file or folder")
@@ -60,8 +60,8 @@ def _make(args: argparse.Namespace) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from salt.data.samples import expand_shards
-    from salt.data.shards import inspect_shards
+    from .samples import expand_shards
+    from .shards import inspect_shards
 
     try:
         expand_shards(args.shards)
@@ -81,7 +81,7 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _synth(args: argparse.Namespace) -> int:
-    from salt.data.synthetic import write_synthetic_shards
+    from .synthetic import write_synthetic_shards
 
     info = write_synthetic_shards(
         args.output,

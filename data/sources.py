@@ -30,8 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from salt.data.samples import VIDEO_EXTS, expand_shards
 from salt.errors import UsageError
+
+from .samples import VIDEO_EXTS, expand_shards
 
 Split = Literal["all", "fit", "heldout"]
 SPLITS = ("all", "fit", "heldout")

@@ -23,7 +23,7 @@ import os
 import numpy as np
 import webdataset as wds
 
-from salt.data.encode import encode_video
+from .encode import encode_video
 
 SPLITS = ("train", "probe_train", "val")
 _SPLIT_IDS = {name: i for i, name in enumerate(SPLITS)}

@@ -1,6 +1,6 @@
 """Clip transforms on uint8 tensors, identical across the frames of a clip, plus ``normalize``.
 
-Training (SPEC: V-JEPA recipe): random-resized crop, scale U(0.3, 1.0) of the frame area, aspect
+Training (V-JEPA's recipe, docs/method.md): random-resized crop, scale U(0.3, 1.0) of the frame area, aspect
 log-U(0.75, 1.35), resized to ``crop_size``; horizontal flip with probability 0.5.
 Evaluation: short-side resize, then a center crop (1 view) or 3 crops along the long side.
 

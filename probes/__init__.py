@@ -22,18 +22,19 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from salt.encoder_io import load_encoder
-    from salt.probes.config import ProbeConfig, load_config
-    from salt.probes.features import FeatureSet, encode_clips, extract_features
-    from salt.probes.grid import HeadSpec, ProbeGrid, make_grid
-    from salt.probes.heads import AttentiveProbe, CrossAttentionBlock, LinearProbe, build_head
-    from salt.probes.protocol import (
+
+    from .config import ProbeConfig, load_config
+    from .features import FeatureSet, encode_clips, extract_features
+    from .grid import HeadSpec, ProbeGrid, make_grid
+    from .heads import AttentiveProbe, CrossAttentionBlock, LinearProbe, build_head
+    from .protocol import (
         ProbeResult,
         SweepResult,
         evaluate_encoder,
         probe_features,
         random_like,
     )
-    from salt.probes.selection import select_head, stratified_split
+    from .selection import select_head, stratified_split
 
 _HOME = {
     "load_encoder": "salt.encoder_io",

@@ -32,10 +32,11 @@ import pytorch_lightning as pl
 import torch
 
 from salt import watchdog
-from salt.probes.features import encode_clips
-from salt.probes.grid import HeadSpec, ProbeGrid
-from salt.probes.optim import lr_factor
-from salt.probes.selection import stratified_split
+
+from .features import encode_clips
+from .grid import HeadSpec, ProbeGrid
+from .optim import lr_factor
+from .selection import stratified_split
 
 
 class LiveProbe(pl.Callback):

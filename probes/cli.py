@@ -29,12 +29,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from salt.errors import UsageError, cli_entry
-from salt.probes import tracking
-from salt.probes.config import ProbeConfig, load_config
 from salt.tracking_uri import redact_uri
 
+from . import tracking
+from .config import ProbeConfig, load_config
+
 if TYPE_CHECKING:  # torch and the probe protocol load in run(): `salt-probe --help` stays fast
-    from salt.probes.protocol import ProbeResult
+    from .protocol import ProbeResult
 
 EXIT_STOPPED = 75  # EX_TEMPFAIL: stopped on the signal, state saved; rerun to continue
 # settings that change speed or memory but not the result (left out of the protocol tag)
@@ -144,10 +145,14 @@ def _table(ckpt: str, meta: dict, res: ProbeResult, rnd: ProbeResult | None) -> 
     for name, r in [("checkpoint", res), ("random-init", rnd)]:
         if r is not None:
             held = r.heldout[r.selected_head]["top1"]
-            lines.append(f"{name:12} {r.top1:7.4f} {r.top5:7.4f} {r.fit_head['top1']:9.4f} "
-                         f"{held:9.4f}  {r.selected_head}")  # fmt: skip
-    lines.append(f"  top1 = the chosen setting {'retrained on all of train' if res.retrained else 'as trained on the fit part'}; "
-                 "fit-head = as trained on the fit part")  # fmt: skip
+            lines.append(
+                f"{name:12} {r.top1:7.4f} {r.top5:7.4f} {r.fit_head['top1']:9.4f} "
+                f"{held:9.4f}  {r.selected_head}"
+            )
+    lines.append(
+        f"  top1 = the chosen setting {'retrained on all of train' if res.retrained else 'as trained on the fit part'}; "
+        "fit-head = as trained on the fit part"
+    )
     lines.append("grid (held-out top-1, best first):")
     for n, h in sorted(res.heldout.items(), key=lambda kv: -kv[1]["top1"]):
         lines.append(f"  {h['top1']:.4f}  loss {h['loss']:.4f}  epochs {h.get('epochs', '-')}  {n}")
@@ -161,13 +166,17 @@ def _table(ckpt: str, meta: dict, res: ProbeResult, rnd: ProbeResult | None) -> 
 class _Mlflow:
     """The probe run (created or resumed on the main rank) and the training run it reports to."""
 
-    def __init__(self, args: argparse.Namespace, meta: dict, state_dir: Path, params: dict,
-                 tags: dict) -> None:  # fmt: skip
+    def __init__(
+        self, args: argparse.Namespace, meta: dict, state_dir: Path, params: dict, tags: dict
+    ) -> None:
         self.uri = tracking.resolve_tracking_uri(args.tracking_uri, args.ckpt)
         c = tracking.client(self.uri)
         self.pretrain_id = meta.get("mlflow_run_id")
-        self.experiment = (args.experiment or tracking.pretrain_experiment(c, self.pretrain_id)
-                           or tracking.DEFAULT_EXPERIMENT)  # fmt: skip
+        self.experiment = (
+            args.experiment
+            or tracking.pretrain_experiment(c, self.pretrain_id)
+            or tracking.DEFAULT_EXPERIMENT
+        )
         run_file = state_dir / "mlflow.json"
         saved = (
             json.loads(run_file.read_text()) if run_file.is_file() and not args.no_resume else {}
@@ -213,9 +222,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from salt.encoder_io import file_sha256
-    from salt.probes import load_encoder
-    from salt.probes.dist import init_distributed
-    from salt.probes.online import check_splits
+
+    from . import load_encoder
+    from .dist import init_distributed
+    from .online import check_splits
 
     overrides = {k: getattr(args, k, None) for k in ProbeConfig.__dataclass_fields__}
     cfg = load_config(args.config, overrides)
@@ -232,8 +242,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _run(args, cfg, dist, file_sha256, load_encoder) -> dict[str, Any]:
-    from salt.probes.protocol import evaluate_encoder, random_like
-    from salt.probes.state import Interrupted, StateStore
+    from .protocol import evaluate_encoder, random_like
+    from .state import Interrupted, StateStore
 
     log = (lambda m: print(m, file=sys.stderr, flush=True)) if dist.is_main else (lambda m: None)
     encoder, meta = load_encoder(args.ckpt, which=getattr(args, "which", "auto"))
@@ -243,7 +253,7 @@ def _run(args, cfg, dist, file_sha256, load_encoder) -> dict[str, Any]:
     target = meta.get("which") == "target"  # one file, two encoders: separate caches and state
     if enc_id and target:
         enc_id += ":target"
-    from salt.probes.protocol import resolve_mode
+    from .protocol import resolve_mode
 
     resolved = ProbeConfig(**{**cfg.to_dict(), "mode": resolve_mode(cfg, dist.device)})
     tag = protocol_tag(resolved, args.config, args.num_classes, args.train, args.val)
@@ -266,8 +276,9 @@ def _run(args, cfg, dist, file_sha256, load_encoder) -> dict[str, Any]:
         ml = _Mlflow(args, meta, state_dir, params, tags)
 
     def evaluate(enc, sub: str, prefix: str, encoder_id) -> ProbeResult:
-        store = StateStore(state_dir / sub, run_key, dist.world_size, dist.is_main,
-                           resume=not args.no_resume)  # fmt: skip
+        store = StateStore(
+            state_dir / sub, run_key, dist.world_size, dist.is_main, resume=not args.no_resume
+        )
         return evaluate_encoder(
             enc, cfg, args.train, args.val, args.num_classes, mean=mean or (0.485, 0.456, 0.406),
             std=std or (0.229, 0.224, 0.225), encoder_id=encoder_id, log=log, dist=dist,
@@ -307,17 +318,21 @@ def _run(args, cfg, dist, file_sha256, load_encoder) -> dict[str, Any]:
     return out
 
 
-def _write_outputs(args, out: dict, res: ProbeResult, ckpt: str, ml: _Mlflow | None, task: str,
-                   meta: dict) -> None:  # fmt: skip
-    from salt.probes.metrics import save_confusion_png
+def _write_outputs(
+    args, out: dict, res: ProbeResult, ckpt: str, ml: _Mlflow | None, task: str, meta: dict
+) -> None:
+    from .metrics import save_confusion_png
 
     if args.output_json:
         Path(args.output_json).parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         png_dir = Path(args.output_json).parent if args.output_json else Path(tmp)
         stem = Path(args.output_json).stem if args.output_json else "probe"
-        png = save_confusion_png(res.confusion, png_dir / f"{stem}_confusion.png",
-                                 title=f"{Path(ckpt).name}: top-1 {res.top1:.3f}")  # fmt: skip
+        png = save_confusion_png(
+            res.confusion,
+            png_dir / f"{stem}_confusion.png",
+            title=f"{Path(ckpt).name}: top-1 {res.top1:.3f}",
+        )
         if ml is not None:
             out["mlflow"] = {
                 "tracking_uri": redact_uri(ml.uri),
@@ -345,7 +360,7 @@ def _write_outputs(args, out: dict, res: ProbeResult, ckpt: str, ml: _Mlflow | N
 @cli_entry("salt-probe", also=(FileNotFoundError, ValueError, MemoryError))
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)  # before torch loads: `--help` stays fast
-    from salt.probes.state import Interrupted
+    from .state import Interrupted
 
     try:
         run(args)

@@ -1,6 +1,6 @@
 """Loss ↔ accuracy model selection over logged probe runs (what `salt-runs` computes).
 
-SPEC.md "Model selection": across checkpoints of students of one fixed teacher, the student's
+docs/method.md ("Choosing checkpoints by training loss"): across checkpoints of students of one fixed teacher, the student's
 stage-2 training loss predicts its frozen-probe accuracy (R² 0.95–0.98 in the paper), so a run can
 be selected by its loss. This module turns MLflow probe runs into one row per checkpoint, fits
 top-1 on loss by least squares (R²), ranks them (Spearman ρ, torchmetrics), draws the scatter with

@@ -103,8 +103,11 @@ def _check(cfg: ProbeConfig) -> None:
     bad = sorted(set(cfg.head_kinds) - {"attentive", "linear"})
     if bad:
         raise UsageError(f"unknown head kind(s) {bad}; expected 'attentive' and/or 'linear'")
-    for name, allowed in (("mode", MODES), ("grid_schedule", SCHEDULES),
-                          ("layer_concat", LAYER_CONCAT)):  # fmt: skip
+    for name, allowed in (
+        ("mode", MODES),
+        ("grid_schedule", SCHEDULES),
+        ("layer_concat", LAYER_CONCAT),
+    ):
         if getattr(cfg, name) not in allowed:
             raise UsageError(f"{name} must be one of {allowed}, got {getattr(cfg, name)!r}")
     if cfg.num_views not in (1, 3):

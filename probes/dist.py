@@ -122,9 +122,11 @@ def init_distributed(device: str = "auto", timeout_s: float = 1800.0) -> Dist:
         os.environ.setdefault("MASTER_PORT", str(env.main_port))
         backend = "nccl" if use_cuda else "gloo"
         tdist.init_process_group(
-            backend, rank=rank, world_size=world,
+            backend,
+            rank=rank,
+            world_size=world,
             timeout=datetime.timedelta(seconds=timeout_s),
             **({"device_id": dev} if use_cuda else {}),
-        )  # fmt: skip
+        )
         d._flag_group = tdist.new_group(backend="gloo") if backend != "gloo" else None
     return d

@@ -29,9 +29,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from salt.errors import UsageError
-from salt.probes.heads import build_head
-from salt.probes.optim import StackedAdamW
-from salt.probes.stacked import StackedAttentive, StackedLinear
+
+from .heads import build_head
+from .optim import StackedAdamW
+from .stacked import StackedAttentive, StackedLinear
 
 KINDS = ("attentive", "linear")
 

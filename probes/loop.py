@@ -32,14 +32,15 @@ import torch
 
 from salt.data.stats import sum_counts
 from salt.errors import UsageError
-from salt.probes.config import ProbeConfig
-from salt.probes.dist import Dist
-from salt.probes.grid import HeadSpec, ProbeGrid, num_steps
-from salt.probes.metrics import classification_metrics
-from salt.probes.optim import lr_factor
-from salt.probes.selection import rank_heads, select_head
-from salt.probes.state import Interrupted, StateStore, StopSignal, requeue_slurm_job
 from salt.progress import ProgressLine
+
+from .config import ProbeConfig
+from .dist import Dist
+from .grid import HeadSpec, ProbeGrid, num_steps
+from .metrics import classification_metrics
+from .optim import lr_factor
+from .selection import rank_heads, select_head
+from .state import Interrupted, StateStore, StopSignal, requeue_slurm_job
 
 STOP_CHECK_EVERY = 10  # steps between the ranks' agreement on the stop flag
 
@@ -102,10 +103,14 @@ def score_heads(
     if stats is not None:
         stats["num_heldout"] = count
     if count == 0:
-        raise UsageError("the held-out slice of train is empty: more training clips are needed "
-                         "(or a larger heldout_fraction)")  # fmt: skip
-    return {name: {"top1": float(tot[i]) / count, "loss": float(tot[G + i]) / count}
-            for i, name in enumerate(grid.names)}  # fmt: skip
+        raise UsageError(
+            "the held-out slice of train is empty: more training clips are needed "
+            "(or a larger heldout_fraction)"
+        )
+    return {
+        name: {"top1": float(tot[i]) / count, "loss": float(tot[G + i]) / count}
+        for i, name in enumerate(grid.names)
+    }
 
 
 def predict_split(
@@ -209,8 +214,10 @@ class Loop:
         c, phase = self.cfg, st["phase"]
         spe = self.source.steps_per_epoch(full)
         if spe < 1:
-            raise UsageError(f"{'train' if full else 'the fit part of train'} gives no full "
-                             f"batch of {c.batch_size} per rank; lower --batch-size")  # fmt: skip
+            raise UsageError(
+                f"{'train' if full else 'the fit part of train'} gives no full "
+                f"batch of {c.batch_size} per rank; lower --batch-size"
+            )
         total, warmup = num_steps(spe, c.epochs, c.warmup_epochs)
         prog = ProgressLine(f"probe {phase}", total, every=None, every_s=c.progress_every_s)
         for epoch in range(st["epoch"], c.epochs):
@@ -268,8 +275,10 @@ class Loop:
             st["grid_scores"][n] = {**scores[n], "epochs": epoch}
         st["rungs"].append({"epoch": epoch, "kept": keep, "scores": scores})
         grid.prune(keep)
-        self.log(f"[probe] halving after epoch {epoch}: kept {len(keep)} of {len(ranked)} heads "
-                 f"(best held-out top-1 {scores[keep[0]]['top1']:.4f})")  # fmt: skip
+        self.log(
+            f"[probe] halving after epoch {epoch}: kept {len(keep)} of {len(ranked)} heads "
+            f"(best held-out top-1 {scores[keep[0]]['top1']:.4f})"
+        )
         return {"heldout_best_top1": scores[keep[0]]["top1"]}
 
     def _heldout_scores(self, grid: ProbeGrid, st: dict) -> dict[str, dict]:
@@ -334,8 +343,10 @@ class Loop:
         st["selected"] = selected
         spec = grid.specs[selected]
         st["selected_spec"] = {"kind": spec.kind, "lr": spec.lr, "wd": spec.wd}
-        self.log(f"[probe] chose {selected} (held-out top-1 {final[selected]['top1']:.4f}); "
-                 "scoring it on validation")  # fmt: skip
+        self.log(
+            f"[probe] chose {selected} (held-out top-1 {final[selected]['top1']:.4f}); "
+            "scoring it on validation"
+        )
         st["fit_head"] = self._validate(grid, st)
         st.update(phase="retrain" if self.cfg.retrain else "done", epoch=0, grid=None)
         self._save(st)

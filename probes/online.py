@@ -26,9 +26,10 @@ from torch import nn
 
 from salt.data.stats import sum_counts
 from salt.errors import UsageError
-from salt.probes.config import ProbeConfig
-from salt.probes.dist import Dist
-from salt.probes.features import compile_encoder, encode_clips, feature_dim
+
+from .config import ProbeConfig
+from .dist import Dist
+from .features import compile_encoder, encode_clips, feature_dim
 
 
 def check_splits(train: str | Sequence[str], val: str | Sequence[str], num_classes: int) -> None:
@@ -70,8 +71,9 @@ class OnlineSource:
         std: Sequence[float],
     ):
         if cfg.batch_size % dist.world_size:
-            raise UsageError(f"batch_size {cfg.batch_size} (global) is not divisible by "
-                             f"{dist.world_size} ranks")  # fmt: skip
+            raise UsageError(
+                f"batch_size {cfg.batch_size} (global) is not divisible by {dist.world_size} ranks"
+            )
         check_splits(train, val, num_classes)
         self.cfg, self.train, self.val, self.num_classes = cfg, train, val, num_classes
         self.dist, self.mean, self.std = dist, tuple(mean), tuple(std)
@@ -93,8 +95,11 @@ class OnlineSource:
             split = "all" if full else "fit"
             n = None
             if d.active:  # one rank counts (tar headers / CSV rows), the others are told
-                n = d.gather(count_samples(resolve_source(self.train), split,
-                                           c.heldout_fraction, c.seed) if d.is_main else None)[0]  # fmt: skip
+                n = d.gather(
+                    count_samples(resolve_source(self.train), split, c.heldout_fraction, c.seed)
+                    if d.is_main
+                    else None
+                )[0]
             aug = TrainAugment(
                 crop_size=c.crop_size, scale=tuple(c.crop_scale), aspect=tuple(c.crop_aspect),
                 flip_prob=c.flip_prob, randaugment=c.rand_augment,

@@ -86,8 +86,9 @@ class StackedAdamW:
 
     def select(self, idx: torch.Tensor, params: Mapping[str, torch.nn.Parameter]) -> StackedAdamW:
         """The optimizer of heads `idx` over their new (selected) parameters `params`."""
-        new = StackedAdamW(params, self.decay, self.lrs[idx].tolist(), self.wds[idx].tolist(),
-                           self.betas, self.eps)  # fmt: skip
+        new = StackedAdamW(
+            params, self.decay, self.lrs[idx].tolist(), self.wds[idx].tolist(), self.betas, self.eps
+        )
         new.step_count = self.step_count
         for n in new.params:
             new.exp_avg[n] = self.exp_avg[n][idx.to(self.lrs.device)].clone()

@@ -20,14 +20,15 @@ from torch import nn
 
 from salt.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from salt.errors import UsageError
-from salt.probes.config import ProbeConfig
-from salt.probes.dist import Dist
-from salt.probes.features import FeatureSet, cached_extract, extract_features, feature_cache_key
-from salt.probes.grid import make_grid
-from salt.probes.loop import Loop
-from salt.probes.metrics import classification_metrics
-from salt.probes.sources import CachedSource
-from salt.probes.state import StateStore
+
+from .config import ProbeConfig
+from .dist import Dist
+from .features import FeatureSet, cached_extract, extract_features, feature_cache_key
+from .grid import make_grid
+from .loop import Loop
+from .metrics import classification_metrics
+from .sources import CachedSource
+from .state import StateStore
 
 
 @dataclass
@@ -157,8 +158,9 @@ def _result(st: dict, mode: str, num_train: int, num_fit: int) -> ProbeResult:
 def _cached_source(encoder, cfg, train_shards, val_shards, kw, device) -> tuple[CachedSource, int]:
     train = split_features(encoder, train_shards, cfg, desc="train features", **kw)
     val = split_features(encoder, val_shards, cfg, desc="val features", **kw)
-    kw["log"](f"features: train {tuple(train.feats.shape)}, val {tuple(val.feats.shape)} "
-              "[M, V, S·N, D]")  # fmt: skip
+    kw["log"](
+        f"features: train {tuple(train.feats.shape)}, val {tuple(val.feats.shape)} [M, V, S·N, D]"
+    )
     src = CachedSource(
         train, val, batch_size=cfg.batch_size, val_batch_size=cfg.val_batch_size,
         heldout_fraction=cfg.heldout_fraction, seed=cfg.seed, device=device,
@@ -208,7 +210,7 @@ def evaluate_encoder(
         kw = dict(encoder_id=encoder_id, mean=mean, std=std, device=dist.device, log=log)
         source, num_train = _cached_source(encoder, cfg, train_shards, val_shards, kw, dist.device)
     else:
-        from salt.probes.online import OnlineSource
+        from .online import OnlineSource
 
         source = OnlineSource(
             encoder, cfg, train_shards, val_shards, num_classes, dist=dist, mean=mean, std=std
@@ -251,8 +253,9 @@ def probe_features(
     no_retrain = ProbeConfig(**{**cfg.to_dict(), "retrain": False})
     st = Loop(src, no_retrain, specs, num_classes, dist=Dist(device=torch.device(device)),
               log=lambda m: None, score_val=False).run()  # fmt: skip
-    return SweepResult(st["selected"], st["grid_scores"], st["fit_head"]["probs"], src.num_fit,
-                       src.num_heldout)  # fmt: skip
+    return SweepResult(
+        st["selected"], st["grid_scores"], st["fit_head"]["probs"], src.num_fit, src.num_heldout
+    )
 
 
 def score(sweep: SweepResult, train: FeatureSet, val: FeatureSet, num_classes: int) -> ProbeResult:

@@ -28,11 +28,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from salt.errors import UsageError, cli_entry
-from salt.probes import tracking
 from salt.tracking_uri import redact_uri, relative_to, resolve_recorded, store_dir
 
+from . import tracking
+
 if TYPE_CHECKING:
-    from salt.probes.compare import CheckpointRow
+    from .compare import CheckpointRow
 
 
 def _store(uri_arg: str | None) -> str:
@@ -71,7 +72,7 @@ def _one_protocol(rows: list[CheckpointRow], wanted: str | None) -> list[Checkpo
 
 def compare(args: argparse.Namespace) -> dict[str, Any]:
     """Fit top-1 on loss over the experiment's probe runs; table, plot, compare run."""
-    from salt.probes.compare import (
+    from .compare import (
         check_one_teacher,
         fit_loss_accuracy,
         format_table,
@@ -110,11 +111,14 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
     out = {"experiment": args.experiment, "fit": fit, "rows": [r.to_dict() for r in usable]}
     if not args.no_log:
         out["run_id"] = tracking.log_run(
-            uri, args.experiment, run_name="compare-loss-vs-top1",
+            uri,
+            args.experiment,
+            run_name="compare-loss-vs-top1",
             tags={"salt.kind": "compare", "salt.teacher_sha256": usable[0].teacher_sha256},
             metrics={f"compare/{k}": v for k, v in fit.items()},
-            artifacts={"": plot}, json_artifacts={"compare.json": out},
-        )  # fmt: skip
+            artifacts={"": plot},
+            json_artifacts={"compare.json": out},
+        )
     return out
 
 
@@ -134,7 +138,8 @@ def checkpoint_dir_of(run: Any, uri: str) -> Path | None:
 def _checkpoint_rows(uri: str, experiment: str) -> tuple[list[CheckpointRow], int]:
     """Rows for checkpoint files in the training runs' checkpoint folders (metadata only)."""
     from salt.encoder_io import read_encoder_state
-    from salt.probes.compare import CheckpointRow
+
+    from .compare import CheckpointRow
 
     rows, unreadable = [], 0
     for run in _search(uri, experiment, kind="train"):
@@ -212,7 +217,7 @@ def register(uri: str, name: str, row: CheckpointRow) -> dict[str, Any]:
 
 def select(args: argparse.Namespace) -> dict[str, Any]:
     """The checkpoint with the lowest training loss (one teacher unless forced)."""
-    from salt.probes.compare import check_one_teacher, format_table, rows_from_runs
+    from .compare import check_one_teacher, format_table, rows_from_runs
 
     uri = _store(args.tracking_uri)
     rows = {r.checkpoint: r for r in rows_from_runs(_search(uri, args.experiment))}
@@ -253,8 +258,10 @@ def sync(args: argparse.Namespace) -> dict[str, Any]:
         raise UsageError(f"{run_dir}: not a run folder (no run.json)")
     out = replay_spool(run_dir, args.tracking_uri)
     uri = redact_uri(args.tracking_uri) if args.tracking_uri else "the store in run.json"
-    print(f"replayed {out['replayed']} spooled operation(s) into run {out['run_id']} at {uri}; "
-          f"{out['backlog']} left")  # fmt: skip
+    print(
+        f"replayed {out['replayed']} spooled operation(s) into run {out['run_id']} at {uri}; "
+        f"{out['backlog']} left"
+    )
     if not out["ok"]:
         raise UsageError(f"store still unreachable: {out['error']}")
     return out

@@ -14,8 +14,8 @@ from collections.abc import Iterator
 
 import torch
 
-from salt.probes.features import FeatureSet
-from salt.probes.selection import stratified_split
+from .features import FeatureSet
+from .selection import stratified_split
 
 
 class CachedSource:

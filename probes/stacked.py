@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
-from salt.probes.heads import AttentiveProbe, LinearProbe
+from .heads import AttentiveProbe, LinearProbe
 
 _EPS = 1e-6  # LayerNorm eps of heads.AttentiveProbe
 
@@ -177,8 +177,9 @@ class StackedAttentive(nn.Module):
 
     def to_probe(self, g: int) -> AttentiveProbe:
         """Head g as a standalone `AttentiveProbe` (a copy of its weights)."""
-        probe = AttentiveProbe(self.embed_dim, self.num_classes, self.depth, self.num_heads,
-                               self.mlp_ratio)  # fmt: skip
+        probe = AttentiveProbe(
+            self.embed_dim, self.num_classes, self.depth, self.num_heads, self.mlp_ratio
+        )
         probe.load_state_dict({n: t[g].detach().clone() for n, t in self.named_stacked().items()})
         return probe.to(self.p["query"].device)
 

@@ -379,7 +379,7 @@ def fit(argv: list[str]) -> SaltCLI:
                     "prog": "salt",
                     "exit_on_error": False,
                     "fit": {"exit_on_error": False},
-                },  # fmt: skip
+                },
             )
         except ArgumentError as e:
             raise UsageError(f"{e} (salt fit --help lists the options)") from None

@@ -157,7 +157,9 @@ class FitSummary(pl.Callback):
     def on_train_batch_start(self, trainer: pl.Trainer, *args: Any) -> None:
         self._clock.batch_start()
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: Any, outputs: Any, batch: Any, *a: Any) -> None:  # fmt: skip
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: Any, outputs: Any, batch: Any, *a: Any
+    ) -> None:
         self._clock.batch_end(batch)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -214,9 +216,14 @@ def _describe(found: tuple | None) -> str:
 
 def _skipped(trainer: pl.Trainer) -> str:
     stats = getattr(getattr(trainer, "datamodule", None), "data_stats", dict)()
-    skipped = {k[len("data/skipped_") :]: int(v) for k, v in stats.items() if k.startswith("data/skipped_")}  # fmt: skip
-    events = {k[len("data/") :]: int(v) for k, v in stats.items()
-              if k.startswith("data/") and not k.startswith(("data/skipped_", "data/val_"))}  # fmt: skip
+    skipped = {
+        k[len("data/skipped_") :]: int(v) for k, v in stats.items() if k.startswith("data/skipped_")
+    }
+    events = {
+        k[len("data/") :]: int(v)
+        for k, v in stats.items()
+        if k.startswith("data/") and not k.startswith(("data/skipped_", "data/val_"))
+    }
     text = ", ".join(f"{k} {v}" for k, v in sorted(skipped.items()) if v) or "none"
     extra = ", ".join(f"{k} {v}" for k, v in sorted(events.items()) if v)
     return f"{text} (rank 0){f'; events: {extra}' if extra else ''}"

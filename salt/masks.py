@@ -1,6 +1,6 @@
 """V-JEPA multi-block 3D masks: which tokens the encoder sees (context) and which are predicted.
 
-Implements SPEC.md "Masks (V-JEPA multi-block 3D)". For every batch and every mask config, one
+Implements the masks of docs/method.md ("Masks"). For every batch and every mask config, one
 block *size* (t, h, w) is drawn from a generator seeded by (seed, batch counter); each sample then
 places `num_blocks` blocks of that size at its own random positions. The target is the union of the
 blocks, the context its complement. A sample whose blocks cover every token (empty context) is
@@ -201,7 +201,7 @@ class MaskGenerator:
 
 
 def default_mask_configs() -> list[dict]:
-    """SPEC.md's two configs: short-range (8 blocks × 0.15) and long-range (2 blocks × 0.70)."""
+    """The method's two configs (docs/method.md): short-range (8 blocks × 0.15) and long-range (2 blocks × 0.70)."""
     common = {"aspect_ratio": (0.75, 1.5), "temporal_scale": (1.0, 1.0)}
     return [
         {"name": "short_range", "num_blocks": 8, "spatial_scale": (0.15, 0.15), **common},

@@ -165,8 +165,10 @@ class SaltMLflowLogger(Logger):
                     raise
                 log.warning(
                     "MLflow run %s of run.json is not in %s (%s); starting a new run",
-                    self._run_id, self.shown_uri, redact_text(str(e)),
-                )  # fmt: skip
+                    self._run_id,
+                    self.shown_uri,
+                    redact_text(str(e)),
+                )
                 self._run_id = None
         exp_id = _experiment_id(client, self._experiment_name, self._artifact_location)
         run = client.create_run(exp_id, run_name=self._run_name)
@@ -207,9 +209,12 @@ class SaltMLflowLogger(Logger):
             log.warning(
                 "MLflow store %s unreachable when opening run %r (%s: %s); training goes on, "
                 "metrics are spooled to %s and the run is created when the store is back",
-                self.shown_uri, self._run_name, type(error).__name__, redact_text(str(error)),
+                self.shown_uri,
+                self._run_name,
+                type(error).__name__,
+                redact_text(str(error)),
                 self._run_dir,
-            )  # fmt: skip
+            )
         self._run_id = run_id
         self._writer = TrackingWriter(
             self._tracking_uri,

@@ -223,8 +223,11 @@ class TrackingWriter:
             log.warning(
                 "MLflow store %s still unreachable at the end: %d operation(s) stay in %s; the "
                 "next start of this run replays them (or: salt-runs sync %s)",
-                self.shown_uri, self.spool_backlog(), self.spool_path, self.run_dir,
-            )  # fmt: skip
+                self.shown_uri,
+                self.spool_backlog(),
+                self.spool_path,
+                self.run_dir,
+            )
 
     def _try_recover(self) -> bool:
         """Open the run if needed and replay the spool; False while the store is down."""
@@ -271,8 +274,11 @@ class TrackingWriter:
             log.warning(
                 "MLflow store %s unreachable (%s); training goes on, metrics are spooled to %s "
                 "and replayed when it is back (retry every <= %.0f s)",
-                self.shown_uri, self.stats["last_error"], self.spool_path, self.max_backoff_s,
-            )  # fmt: skip
+                self.shown_uri,
+                self.stats["last_error"],
+                self.spool_path,
+                self.max_backoff_s,
+            )
 
     def _first_through(self) -> None:
         """Record when the first write got through after the store went away."""
@@ -289,8 +295,10 @@ class TrackingWriter:
             log.warning(
                 "MLflow store %s reachable again (first write through %s s after it went away); "
                 "spool replayed %.0f s after it went away",
-                self.shown_uri, self.stats["back_after_s"], time.monotonic() - since,
-            )  # fmt: skip
+                self.shown_uri,
+                self.stats["back_after_s"],
+                time.monotonic() - since,
+            )
         self._backoff = 0.0
 
     def _drop(self, op: dict, exc: BaseException) -> None:
@@ -382,7 +390,9 @@ class TrackingWriter:
 
             rows = op["rows"]
             for i in range(0, len(rows), MAX_METRICS_PER_BATCH):
-                batch = [Metric(k, v, ts, step) for k, v, ts, step in rows[i : i + MAX_METRICS_PER_BATCH]]  # fmt: skip
+                batch = [
+                    Metric(k, v, ts, step) for k, v, ts, step in rows[i : i + MAX_METRICS_PER_BATCH]
+                ]
                 client.log_batch(run_id, metrics=batch)
         elif kind == "params":
             self._send_params(client, run_id, op["params"])
@@ -411,8 +421,10 @@ class TrackingWriter:
         if changed:
             log.warning(
                 "MLflow run %s keeps its original values of %d changed params (e.g. %s)",
-                run_id, len(changed), ", ".join(changed[:5]),
-            )  # fmt: skip
+                run_id,
+                len(changed),
+                ", ".join(changed[:5]),
+            )
         new = [Param(k, v) for k, v in params.items() if k not in existing]
         for i in range(0, len(new), MAX_PARAMS_PER_BATCH):
             client.log_batch(run_id, params=new[i : i + MAX_PARAMS_PER_BATCH])

@@ -1,4 +1,4 @@
-"""Real encoded test videos (PyAV, H.264) and WebDataset tars, for the tests of every room.
+"""Real encoded test videos (PyAV, H.264) and WebDataset tars, shared by the tests of every package.
 
 ``index_video`` encodes frames whose uniform grey level encodes the frame number
 (``level = 8 + 4 * i``), so a test can read back *which* frames a sampler decoded

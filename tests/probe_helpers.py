@@ -43,8 +43,11 @@ def write_encoder(
         "mlflow_run_id": mlflow_run_id,
     }  # fmt: skip
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in enc.state_dict().items()}, str(path),
-              metadata={"salt": json.dumps(meta)})  # fmt: skip
+    save_file(
+        {k: v.contiguous() for k, v in enc.state_dict().items()},
+        str(path),
+        metadata={"salt": json.dumps(meta)},
+    )
     return path
 
 

@@ -260,8 +260,9 @@ def test_student_sdpa_kernels_option(tmp_path):
     def kernels(m):
         return {a.sdpa_kernel for a in m.modules() if isinstance(a, Attention)}
 
-    m = StudentModule(teacher=str(teacher), sdpa_kernels={"predictor": "cudnn", "encoder": None},
-                      **kw)  # fmt: skip
+    m = StudentModule(
+        teacher=str(teacher), sdpa_kernels={"predictor": "cudnn", "encoder": None}, **kw
+    )
     assert kernels(m.teacher.encoder) == {"cudnn"}
     assert kernels(m.predictor) == {"cudnn"} and kernels(m.encoder) == {None}
     from salt.ema import EMAModule  # the V-JEPA baseline: the same call sites and defaults

@@ -1,4 +1,4 @@
-"""The GPU benchmarks time the step `salt fit` runs, and their CPU smoke run works (issue 7).
+"""The GPU benchmarks time the step `salt fit` runs, and their CPU smoke run works.
 
 - Same step: one optimisation step built by ``benchmarks/bench_setup.make_train_step`` leaves
   exactly the weights that one step of a real ``Trainer.fit`` leaves (same module, same batch,
@@ -35,14 +35,6 @@ from salt.student import StudentModule  # noqa: E402
 from salt.teacher import TeacherModule  # noqa: E402
 
 
-@pytest.fixture
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # OpenMP spinning on a loaded 2-core machine is ~15x slower
-    yield
-    torch.set_num_threads(n)
-
-
 def test_benchmark_calls_the_fit_step_functions():
     assert bench_setup.STEP_FUNCTIONS["student"] is StudentModule.training_loss
     assert bench_setup.STEP_FUNCTIONS["teacher"] is TeacherModule.training_loss
@@ -68,7 +60,6 @@ def _teacher_module() -> TeacherModule:
     )
 
 
-@pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize("max_norm", [None, 1e-3])
 def test_benchmark_step_equals_trainer_step(tmp_path, max_norm):
     """Two steps of the benchmark loop and of Trainer.fit give identical weights (CPU, fp32)."""
@@ -152,7 +143,7 @@ def test_report_borrows_flops_and_prints_oom():
     assert "800.0 TFLOP/s" in text
 
 
-def test_default_variants_cover_issue_7():
+def test_default_variants_cover_the_default_list():
     class Args:
         model, teacher_model, batch, steps, warmup, max_norm, device = (
             "vit_large",
@@ -263,8 +254,9 @@ def test_perf_suite_is_the_final_call_in_order_and_fits_its_budget():
     assert st["flops"] and st["teacher_fwd"] and by["student_fp8"]["teacher_fwd"]
     assert by["student_fp8"]["overrides"] == {"teacher_precision": "fp8"}
     assert (by["teacher_compile_b64"]["stage"], by["teacher_compile_b64"]["batch"]) == (
-        "teacher", 64,
-    )  # fmt: skip
+        "teacher",
+        64,
+    )
     assert (by["student_vitg"]["model"], by["student_vitg"]["batch"]) == ("vit_giant", 16)
     # everything but the optional memory row is expected to finish inside 420 s less ≈ 25 s of
     # setup (wheels, editable install) and the 20 s run_gpu.sh keeps for the table
@@ -286,8 +278,9 @@ def test_prepare_like_fit_sets_the_sdpa_flags_fit_sets(tmp_path):
     per-site kernels (teacher cuDNN, student and predictor FlashAttention-2) on the modules."""
     from salt.models import Attention
 
-    teacher = bench_setup.make_teacher_file(tmp_path / "t.safetensors", "vit_test", 32, 8,
-                                            patch_size=8)  # fmt: skip
+    teacher = bench_setup.make_teacher_file(
+        tmp_path / "t.safetensors", "vit_test", 32, 8, patch_size=8
+    )
     module = bench_setup.build_module(
         "student", torch.device("cpu"), "vit_test", teacher_file=teacher, img_size=32,
         num_frames=8, encoder_kwargs={"patch_size": 8, "attn_backend": "sdpa"},
@@ -315,8 +308,9 @@ def test_forked_variants_return_results_and_time_out(tmp_path):
     past its limit is killed and reported as a timeout."""
     import step_throughput
 
-    args = step_throughput.parse_args(["--device", "cpu", "--isolate", "fork",
-                                       "--workdir", str(tmp_path)])  # fmt: skip
+    args = step_throughput.parse_args(
+        ["--device", "cpu", "--isolate", "fork", "--workdir", str(tmp_path)]
+    )
     res = step_throughput._run_forked({"name": "peak", "kind": "peak"}, args, timeout=120)
     assert res["status"] == "ok" and res["peak_tflops"] > 0 and res["wall_s"] > 0
     slow = {"name": "student", "kind": "step", "stage": "student", "model": "vit_test",

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import pytorch_lightning as pl
 import torch
-from train_helpers import one_thread, shards  # noqa: F401
+from train_helpers import TinyModule
 
 import salt.checkpoint_policy as policy
 from salt.checkpoint_policy import SaltCheckpoint, link_last, prune_checkpoints
@@ -26,18 +26,6 @@ from salt.checkpointing import AtomicCheckpointIO, load_checkpoint_file
 from salt.resume import find_latest_checkpoint, resolve_ckpt_path
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-class _Tiny(pl.LightningModule):
-    def __init__(self) -> None:
-        super().__init__()
-        self.layer = torch.nn.Linear(4, 1)
-
-    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
-        return self.layer(batch).pow(2).mean()
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
 class _Clock:
@@ -64,7 +52,7 @@ def _fit(tmp: Path, steps: int, callbacks: list, accumulate: int = 1) -> pl.Trai
         enable_model_summary=False, plugins=[AtomicCheckpointIO()], callbacks=callbacks,
         accumulate_grad_batches=accumulate, default_root_dir=str(tmp),
     )  # fmt: skip
-    trainer.fit(_Tiny(), torch.utils.data.DataLoader(torch.randn(256, 4), batch_size=2))
+    trainer.fit(TinyModule(), torch.utils.data.DataLoader(torch.randn(256, 4), batch_size=2))
     return trainer
 
 
@@ -213,8 +201,7 @@ def test_consolidate_never_runs_code_from_meta_pt(tmp_path: Path) -> None:
     assert not marker.exists()
 
 
-@pytest.mark.usefixtures("one_thread")
-def test_salt_fit_checkpoints_hold_no_unsafe_globals(tmp_path: Path, shards: str) -> None:  # noqa: F811
+def test_salt_fit_checkpoints_hold_no_unsafe_globals(tmp_path: Path, shards: str) -> None:
     from salt.cli import main
 
     main([

@@ -84,9 +84,11 @@ def test_every_stage_runs_and_is_recorded(smoke: tuple[Path, dict]) -> None:
     for p in curve:
         assert set(p) >= {"attentive", "linear", "health", "heldout_top1"}
         assert 0.0 <= p["attentive"]["top1"] <= 1.0 and p["health"]["rankme_tokens"] > 1.0
-    assert set(runs["random-s0"]["controls"]) == set(runs["student-test-s0"]["controls"]) == {
-        "single_frame", "shuffled"
-    }  # fmt: skip
+    assert (
+        set(runs["random-s0"]["controls"])
+        == set(runs["student-test-s0"]["controls"])
+        == {"single_frame", "shuffled"}
+    )
     assert "train/loss" in runs["student-test-s0"]["curves"]
     # the report: every section, a verdict per claim, both plots
     table = (out / "table.md").read_text()

@@ -13,11 +13,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from train_helpers import (  # noqa: F401
+from train_helpers import (
     datamodule,
     module_kwargs,
-    one_thread,
-    shards,
     single_thread,
     train_teacher_checkpoint,
     trainer,
@@ -26,7 +24,6 @@ from train_helpers import (  # noqa: F401
 from salt.cli import main as salt_main
 from salt.data.shards_cli import main as shards_main
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -48,7 +45,7 @@ def fit_args(stage: str, root: Path, train_shards: str, *extra: str) -> list[str
 
 
 @pytest.fixture(scope="module")
-def teacher_ckpt(shards: str, tmp_path_factory: pytest.TempPathFactory) -> Path:  # noqa: F811
+def teacher_ckpt(shards: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return train_teacher_checkpoint(tmp_path_factory.mktemp("teacher"), shards, steps=2)
 
 
@@ -92,28 +89,28 @@ def test_fit_shard_pattern_matching_nothing_is_found_first(tmp_path: Path, capsy
     assert not (tmp_path / "err").exists()  # no run folder: nothing started
 
 
-def test_fit_val_shard_missing(shards: str, tmp_path: Path, capsys) -> None:  # noqa: F811
+def test_fit_val_shard_missing(shards: str, tmp_path: Path, capsys) -> None:
     missing = str(tmp_path / "val-000000.tar")
     assert salt_main(fit_args("teacher", tmp_path, shards, f"--data.val_shards={missing}")) == 2
     assert f"--data.val_shards: shard {missing!r} does not exist" in one_error_line(capsys, "salt")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a visible GPU")
-def test_fit_gpu_requested_none_visible(shards: str, tmp_path: Path, capsys) -> None:  # noqa: F811
+def test_fit_gpu_requested_none_visible(shards: str, tmp_path: Path, capsys) -> None:
     assert salt_main(fit_args("teacher", tmp_path, shards, "--trainer.accelerator=gpu")) == 2
     assert "--trainer.accelerator gpu asks for GPUs but none is visible" in one_error_line(
         capsys, "salt"
     )
 
 
-def test_fit_unknown_option(shards: str, tmp_path: Path, capsys) -> None:  # noqa: F811
+def test_fit_unknown_option(shards: str, tmp_path: Path, capsys) -> None:
     assert salt_main(fit_args("teacher", tmp_path, shards, "--trainer.max_stepz=3")) == 2
     line = one_error_line(capsys, "salt")
     assert "max_stepz" in line and "salt fit --help lists the options" in line
 
 
 def test_fit_teacher_of_the_wrong_stage(
-    shards: str,  # noqa: F811
+    shards: str,
     teacher_ckpt: Path,
     tmp_path: Path,
     capsys,
@@ -135,7 +132,7 @@ def test_fit_teacher_of_the_wrong_stage(
 
 
 def test_fit_teacher_of_another_architecture(
-    shards: str,  # noqa: F811
+    shards: str,
     teacher_ckpt: Path,
     tmp_path: Path,
     capsys,
@@ -146,7 +143,7 @@ def test_fit_teacher_of_another_architecture(
     assert "does not match this student" in line and "img_size (data.crop_size)" in line
 
 
-def test_fit_teacher_that_is_not_a_checkpoint(shards: str, tmp_path: Path, capsys) -> None:  # noqa: F811
+def test_fit_teacher_that_is_not_a_checkpoint(shards: str, tmp_path: Path, capsys) -> None:
     junk = tmp_path / "teacher.ckpt"
     junk.write_text("not a checkpoint\n")
     assert salt_main(fit_args("student", tmp_path, shards, f"--model.teacher={junk}")) == 2

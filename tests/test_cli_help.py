@@ -33,8 +33,11 @@ print(json.dumps({"code": code, "out": out.getvalue(),
 def run_help(module: str, *argv: str, env: dict | None = None) -> dict:
     done = subprocess.run(
         [sys.executable, "-c", PROBE, module, *argv],
-        capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})},
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **(env or {})},
+    )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.strip().splitlines()[-1])
 

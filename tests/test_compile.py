@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from train_helpers import datamodule, module_kwargs, params_snapshot, shards, trainer  # noqa: F401
+from train_helpers import datamodule, module_kwargs, params_snapshot, trainer
 
 import salt.module_base as module_base
 from salt.models import create_encoder, create_predictor
@@ -44,7 +44,7 @@ def test_shipped_vit_configs_compile(path):
     assert init["compile"] is True
 
 
-def test_cpu_fit_with_compile_warns_once_and_runs_eager(shards, tmp_path, fresh_warning, caplog):  # noqa: F811
+def test_cpu_fit_with_compile_warns_once_and_runs_eager(shards, tmp_path, fresh_warning, caplog):
     torch.manual_seed(0)
     model = TeacherModule(**module_kwargs("teacher", compile=True, warmup_steps=0))
     before = params_snapshot(model)
@@ -52,8 +52,10 @@ def test_cpu_fit_with_compile_warns_once_and_runs_eager(shards, tmp_path, fresh_
         trainer(tmp_path / "a", max_steps=2).fit(model, datamodule=datamodule(shards))
         trainer(tmp_path / "b", max_steps=1).fit(model, datamodule=datamodule(shards))
     lines = [r.getMessage() for r in caplog.records if r.name == "salt.module_base"]
-    assert lines == ["compile: true, but running eager: compiled training is for CUDA devices "
-                     "(this run is on cpu)"]  # fmt: skip
+    assert lines == [
+        "compile: true, but running eager: compiled training is for CUDA devices "
+        "(this run is on cpu)"
+    ]
     assert model.use_compile and not model.compiled
     assert not any(_compiled(m) for m in model.modules())
     after = model.state_dict()

@@ -15,7 +15,9 @@ from salt.data.sampling import train_segment_indices
 from salt.data.stats import sum_counts
 from salt.errors import UsageError
 
-PLAIN = TrainAugment(crop_size=16, scale=(1.0, 1.0), aspect=(1.0, 1.0), randaugment=False, erase_prob=0.0)  # fmt: skip
+PLAIN = TrainAugment(
+    crop_size=16, scale=(1.0, 1.0), aspect=(1.0, 1.0), randaugment=False, erase_prob=0.0
+)
 CLIP = {"frames_per_clip": 4, "frame_step": 2}
 
 
@@ -110,8 +112,9 @@ def test_fit_and_heldout_split_the_set_by_key_in_both_loaders(data, kind) -> Non
         loader = eval_loader(data[kind], **CLIP, crop_size=16, num_workers=0, split=s, **split)
         evals[s] = [k for b in loader for k in b["key"]]
         assert len(evals[s]) == (n_fit if s == "fit" else n_held)
-        train = probe_train_loader(data[kind], **CLIP, batch_size=1, augment=PLAIN, split=s,
-                                   num_workers=0, **split)  # fmt: skip
+        train = probe_train_loader(
+            data[kind], **CLIP, batch_size=1, augment=PLAIN, split=s, num_workers=0, **split
+        )
         assert train.num_samples == len(evals[s])
         assert set(keys_of(list(train))) == set(evals[s])  # batch 1, one rank: all once
     assert not set(evals["fit"]) & set(evals["heldout"])

@@ -9,18 +9,16 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import save_file
-from train_helpers import module_kwargs, one_thread, shards, train_teacher_checkpoint  # noqa: F401
+from train_helpers import module_kwargs, train_teacher_checkpoint
 
 from salt.cli import main
 from salt.encoder_io import export_encoder, file_sha256, load_encoder, read_encoder_state
 from salt.models import ROPE_CONVENTION
 from salt.student import StudentModule
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 @pytest.fixture(scope="module")
-def ckpt(shards: str, tmp_path_factory: pytest.TempPathFactory) -> Path:  # noqa: F811
+def ckpt(shards: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return train_teacher_checkpoint(tmp_path_factory.mktemp("io"), shards, steps=2)
 
 
@@ -154,7 +152,7 @@ def test_metadata_from_before_the_added_options_loads(ckpt: Path, tmp_path: Path
         assert torch.equal(encoder(video), current(video))
 
 
-def test_checkpoint_records_its_encoders_rope_convention(shards: str, tmp_path: Path) -> None:  # noqa: F811
+def test_checkpoint_records_its_encoders_rope_convention(shards: str, tmp_path: Path) -> None:
     path = train_teacher_checkpoint(
         tmp_path, shards, steps=2, encoder_kwargs={"patch_size": 8, "rope_pairing": "tiled"}
     )

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from train_helpers import PREDICTOR, datamodule, shards, trainer  # noqa: F401 (fixture)
+from train_helpers import PREDICTOR, datamodule, trainer
 
 from salt.errors import UsageError
 from salt.fp8 import (
@@ -69,7 +69,7 @@ def test_fp8_refused_on_cpu_with_a_clear_usage_error(teacher_file):
     assert module.fp8_backend is None
 
 
-def test_fp8_fit_on_cpu_stops_before_the_first_step(teacher_file, tmp_path, shards):  # noqa: F811
+def test_fp8_fit_on_cpu_stops_before_the_first_step(teacher_file, tmp_path, shards):
     module = _student(teacher_file, teacher_precision="fp8")
     t = trainer(tmp_path, max_steps=2)
     with pytest.raises(UsageError, match="FP8 tensor cores"):

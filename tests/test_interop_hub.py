@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers_interop import clip, save, videomae_model, vjepa2_model
-from train_helpers import one_thread, shards, train_teacher_checkpoint  # noqa: F401
+from train_helpers import train_teacher_checkpoint
 
 from salt.cli import main as salt_main
 from salt.encoder_io import export_hf, load_encoder
@@ -21,11 +21,9 @@ from salt.errors import UsageError
 from salt.interop import import_encoder
 from salt.models import VideoViT, create_encoder
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 @pytest.fixture(scope="module")
-def ckpt(shards: str, tmp_path_factory: pytest.TempPathFactory) -> Path:  # noqa: F811
+def ckpt(shards: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("hub") / "runs" / "exp" / "run" / "checkpoints"
     return train_teacher_checkpoint(root, shards, steps=2)
 

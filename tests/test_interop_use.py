@@ -11,12 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 from helpers_interop import save, videomae_model, vjepa2_model
-from train_helpers import (  # noqa: F401
+from train_helpers import (
     Recorder,
     datamodule,
     module_kwargs,
-    one_thread,
-    shards,
     single_thread,
     trainer,
 )
@@ -26,11 +24,10 @@ from salt.encoder_io import file_sha256
 from salt.student import StudentModule
 
 pytest.importorskip("transformers")
-pytestmark = pytest.mark.usefixtures("one_thread")
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_salt_fit_student_of_imported_vjepa2(tmp_path: Path, shards: str, capsys) -> None:  # noqa: F811
+def test_salt_fit_student_of_imported_vjepa2(tmp_path: Path, shards: str, capsys) -> None:
     """The README's `salt fit -c configs/student/... --model.teacher vjepa2.safetensors`, tiny:
     the teacher's nominal clip (64 × 256², as the public V-JEPA 2 ViT-L) differs from the
     student's (8 × 32²): fine for a RoPE teacher; its width 96 differs from vit_test's 64."""
@@ -56,7 +53,7 @@ def test_salt_fit_student_of_imported_vjepa2(tmp_path: Path, shards: str, capsys
     assert not any(k.startswith(("teacher", "_teacher")) for k in raw["state_dict"])
 
 
-def test_lightning_fit_with_videomae_teacher(tmp_path: Path, shards: str) -> None:  # noqa: F811
+def test_lightning_fit_with_videomae_teacher(tmp_path: Path, shards: str) -> None:
     teacher = tmp_path / "videomae.safetensors"
     assert salt_main(["import", str(save(videomae_model(), tmp_path / "hf")), str(teacher)]) == 0
     # teacher and student see one normalised clip: a VideoMAE teacher's 0.5/0.5 (transformers'

@@ -94,7 +94,9 @@ def test_processor_mean_std(tmp_path: Path) -> None:
     _, meta = import_encoder(folder)
     assert meta["mean"] == meta["std"] == [0.5, 0.5, 0.5]  # transformers' VideoMAE default
     assert "no processor config" in meta["source"]["mean_std_from"]
-    VideoMAEImageProcessor(image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225]).save_pretrained(str(folder))  # fmt: skip
+    VideoMAEImageProcessor(
+        image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225]
+    ).save_pretrained(str(folder))
     _, meta = import_encoder(folder)
     assert meta["mean"] == pytest.approx([0.485, 0.456, 0.406])
     assert meta["source"]["mean_std_from"] == "preprocessor_config.json"

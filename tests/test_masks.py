@@ -26,7 +26,7 @@ def _target_grid(tgt: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
 
 
 def test_mask_statistics_8x14x14():
-    """SPEC.md's simulated fractions (per sample, all tokens kept) and V-JEPA's truncated ones."""
+    """docs/method.md's simulated fractions (per sample, all tokens kept) and V-JEPA's truncated ones."""
     grid, n_tok, batches, bsz = (8, 14, 14), 8 * 14 * 14, 200, 8
     full = MultiMaskCollator(grid, seed=3, truncate=False)
     trunc = MultiMaskCollator(grid, seed=3, truncate=True)  # same seed: same draws, cut rows

@@ -420,8 +420,9 @@ def test_sincos_1d_positions():
 
 def test_from_config_is_strict_and_fills_added_defaults():
     model = create_encoder("vit_test")
-    old = {k: v for k, v in model.config.items() if k not in ("rope_pairing", "norm_eps",
-                                                                "final_norm")}  # fmt: skip
+    old = {
+        k: v for k, v in model.config.items() if k not in ("rope_pairing", "norm_eps", "final_norm")
+    }
     rebuilt = VideoViT.from_config(old, "interleaved-v1")
     assert rebuilt.config == model.config
     with pytest.raises(ValueError, match=r"unknown keys \['registers'\]"):

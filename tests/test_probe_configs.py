@@ -20,15 +20,17 @@ def test_the_three_protocols_ship():
 def test_probe_config_builds_its_grid(path):
     cfg = load_config(path)
     specs = make_grid(cfg.head_kinds, cfg.lrs, cfg.wds, cfg.linear_lrs, cfg.linear_wds)
-    grid = ProbeGrid(specs, 64, 5, depth=cfg.probe_depth, num_heads=cfg.probe_heads,
-                     mlp_ratio=cfg.mlp_ratio)  # vit_test width  # fmt: skip
+    grid = ProbeGrid(
+        specs, 64, 5, depth=cfg.probe_depth, num_heads=cfg.probe_heads, mlp_ratio=cfg.mlp_ratio
+    )  # vit_test width
     assert grid.logits(torch.randn(2, 6, 64)).shape == (len(specs), 2, 5)
     assert 0 < cfg.heldout_fraction < 1 and cfg.epochs >= 1
 
 
 def test_vjepa2_protocols():
-    ssv2, k400, diving = (load_config(CONFIGS[0].parent / f"{n}.yaml")
-                          for n in ("ssv2", "k400", "diving48"))  # fmt: skip
+    ssv2, k400, diving = (
+        load_config(CONFIGS[0].parent / f"{n}.yaml") for n in ("ssv2", "k400", "diving48")
+    )
     assert (ssv2.frames_per_clip, ssv2.frame_step, ssv2.num_segments, ssv2.num_views) == (
         16,
         4,

@@ -10,9 +10,9 @@ above 1/K measures motion information in the frozen tokens plus the probe's abil
 2. Pretraining must put motion into the tokens: the whole `salt demo` at its default size (real
    shards, `salt fit` for both stages, `salt-probe`, `salt-runs compare`) gives a student whose
    linear probe on mean-pooled tokens beats chance and the random-init encoder by a clear margin.
-   No shorter run does: over 3 seeds, students of 600-1000 steps were at chance (benchmarks/NOTES.md,
-   "Demo recipe"), so this test costs the demo's ~7 minutes on 2 cores. It fails if training stops
-   learning motion (SPEC's whole-clip masks, misaligned targets, a broken schedule all leave the
+   No shorter run does: over 3 seeds, students of 600-1000 steps were at chance
+   (experiments/demo_recipe/README.md), so this test costs the demo's ~7 minutes on 2 cores. It fails if training stops
+   learning motion (whole-clip masks, misaligned targets, a broken schedule all leave the
    student at chance).
 """
 

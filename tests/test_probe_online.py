@@ -23,8 +23,11 @@ from salt.probes import cli, tracking
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("online")
     torch.set_num_threads(1)
-    return {"root": root, "splits": tiny_splits(root / "data"),
-            "ckpt": write_encoder(root / "enc" / "encoder.safetensors")}  # fmt: skip
+    return {
+        "root": root,
+        "splits": tiny_splits(root / "data"),
+        "ckpt": write_encoder(root / "enc" / "encoder.safetensors"),
+    }
 
 
 def _run(data, tmp_path, train=None, val=None, *extra) -> tuple[int, dict | None]:
@@ -59,8 +62,9 @@ def test_online_probe_selects_scores_and_retrains(data, tmp_path, capsys):
 
 def test_csv_lists_give_the_same_probe_as_shards(data, tmp_path):
     s = data["splits"]
-    rc, res = _run(data, tmp_path, s["probe_train_csv"], s["val_csv"], "--no-mlflow",
-                   "--no-retrain")  # fmt: skip
+    rc, res = _run(
+        data, tmp_path, s["probe_train_csv"], s["val_csv"], "--no-mlflow", "--no-retrain"
+    )
     assert rc == 0 and res["retrained"] is False
     assert res["num_val"] == 12 and res["num_fit"] + res["num_heldout"] == 32
     assert res["top1"] == res["fit_head_top1"]

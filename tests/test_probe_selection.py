@@ -85,8 +85,9 @@ class _Recording(CachedSource):
 def test_loop_reads_validation_only_after_the_choice(schedule):
     train, val = _features(96, seed=0), _features(40, seed=1)
     cfg = load_config(None, {**CFG.to_dict(), "grid_schedule": schedule, "halving_epochs": [1, 2]})
-    src = _Recording(train, val, batch_size=16, val_batch_size=8, heldout_fraction=0.25, seed=0,
-                     device="cpu")  # fmt: skip
+    src = _Recording(
+        train, val, batch_size=16, val_batch_size=8, heldout_fraction=0.25, seed=0, device="cpu"
+    )
     src.calls = []
     specs = make_grid(cfg.head_kinds, cfg.lrs, cfg.wds)
     st = Loop(src, cfg, specs, 4, log=lambda m: None).run()
@@ -96,8 +97,9 @@ def test_loop_reads_validation_only_after_the_choice(schedule):
     assert calls[first_val - 1] == "heldout"  # the choice is made on held-out, then val once
     assert calls.count("val") == 2 and calls[-1] == "val"  # the chosen head, then its retrain
     assert calls.count("heldout") == (3 if schedule == "halving" else 1)
-    assert st["selected"] == select_head({n: s for n, s in st["grid_scores"].items()
-                                          if s["epochs"] == cfg.epochs})  # fmt: skip
+    assert st["selected"] == select_head(
+        {n: s for n, s in st["grid_scores"].items() if s["epochs"] == cfg.epochs}
+    )
 
 
 def test_corrupted_validation_labels_change_only_the_score():

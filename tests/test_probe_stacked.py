@@ -135,8 +135,9 @@ def test_pruned_grid_continues_exactly_as_the_full_grid():
 def test_micro_batches_and_head_chunks_give_the_same_step():
     specs = [HeadSpec("attentive", 1e-3, 0.1), HeadSpec("attentive", 3e-3, 0.01)]
     a = ProbeGrid(specs, 32, 5, depth=2, num_heads=4, seed=0)
-    b = ProbeGrid(specs, 32, 5, depth=2, num_heads=4, seed=0, micro_batch=2, head_chunk=1,
-                  checkpoint=True)  # fmt: skip
+    b = ProbeGrid(
+        specs, 32, 5, depth=2, num_heads=4, seed=0, micro_batch=2, head_chunk=1, checkpoint=True
+    )
     _train(a, 2)
     _train(b, 2)
     x = torch.randn(3, 8, 32)

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import pytorch_lightning as pl
 import torch
-from train_helpers import shards  # noqa: F401
+from train_helpers import TinyModule
 
 from salt.cli import SaltCLI
 from salt.errors import UsageError
@@ -119,8 +119,11 @@ def test_resume_rule(tmp_path: Path, monkeypatch, capsys) -> None:
 
 def test_attempt_info() -> None:
     assert attempt_info({}) == {
-        "attempt": 1, "restarts": 0, "crash_retries": None, "max_retries": None,
-    }  # fmt: skip
+        "attempt": 1,
+        "restarts": 0,
+        "crash_retries": None,
+        "max_retries": None,
+    }
     env = {"SLURM_RESTART_COUNT": "2", "SALT_ATTEMPT": "3", "SALT_CRASH_RETRIES": "1",
            "SALT_MAX_RETRIES": "3"}  # fmt: skip
     assert attempt_info(env) == {"attempt": 3, "restarts": 2, "crash_retries": 1, "max_retries": 3}
@@ -148,18 +151,6 @@ class _SendSignal(pl.Callback):
             os.kill(os.getpid(), signal.SIGUSR1)
 
 
-class _Tiny(pl.LightningModule):
-    def __init__(self) -> None:
-        super().__init__()
-        self.layer = torch.nn.Linear(4, 1)
-
-    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
-        return self.layer(batch).pow(2).mean()
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.SGD(self.parameters(), lr=0.1)
-
-
 @pytest.mark.parametrize("accumulate", [1, 2])
 def test_signal_checkpoints_at_agreed_step_and_stops(
     tmp_path: Path, monkeypatch, accumulate: int
@@ -182,7 +173,7 @@ def test_signal_checkpoints_at_agreed_step_and_stops(
         accumulate_grad_batches=accumulate,
     )
     data = torch.utils.data.DataLoader(torch.randn(64, 4), batch_size=2)
-    trainer.fit(_Tiny(), data)
+    trainer.fit(TinyModule(), data)
     assert trainer.global_step == 4  # the flagged step finished, then the trainer stopped
     assert requeue.saved_path == tmp_path / "ckpts" / "step=0000004-requeue.ckpt"
     assert torch.load(requeue.saved_path, weights_only=False)["global_step"] == 4
@@ -235,7 +226,7 @@ class _Record(pl.Callback):
 
 def _fit(
     root: Path,
-    shards: str,  # noqa: F811
+    shards: str,
     run_name: str,
     rec: _Record,
     max_steps: int = 6,
@@ -261,7 +252,7 @@ def _fit(
 
 
 @pytest.mark.slow
-def test_cli_resume_is_exact(tmp_path: Path, shards: str) -> None:  # noqa: F811
+def test_cli_resume_is_exact(tmp_path: Path, shards: str) -> None:
     # the uninterrupted schedule of configs/demo/teacher.yaml with 6 steps and 2 warmup steps
     import yaml
 

@@ -41,7 +41,7 @@ def _step_without_sync(stage: str, tmp_path: Path) -> None:
         kwargs["teacher"] = str(
             bench_setup.make_teacher_file(
                 tmp_path / "t.safetensors", "vit_test", 32, 8, patch_size=8
-            )  # fmt: skip
+            )
         )
         module = StudentModule(**kwargs).to(device)
         module.teacher_on(device)

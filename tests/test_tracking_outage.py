@@ -21,14 +21,12 @@ from pathlib import Path
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
-from train_helpers import one_thread, shards  # noqa: F401
 
 from salt.cli import main
 from salt.probes import runs_cli
 from salt.tracking_uri import redact_uri
 from salt.tracking_writer import SPOOL_FILE, TrackingWriter
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
@@ -61,7 +59,7 @@ def fast_writer(monkeypatch) -> None:
 
 
 def test_store_down_for_the_whole_fit_then_sync(
-    shards: str,  # noqa: F811
+    shards: str,
     tmp_path: Path,
     fast_writer: None,
     caplog,
@@ -110,7 +108,7 @@ def test_store_down_for_the_whole_fit_then_sync(
 
 
 def test_next_start_replays_the_previous_attempts_spool(
-    shards: str,  # noqa: F811
+    shards: str,
     tmp_path: Path,
     fast_writer: None,
 ) -> None:
@@ -119,8 +117,11 @@ def test_next_start_replays_the_previous_attempts_spool(
     run_dir = tmp_path / "outage" / "r"
     assert (run_dir / SPOOL_FILE).stat().st_size > 0
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    resume = [f"--tracking_uri={store}", f"--ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}",
-              "--trainer.max_steps=6"]  # fmt: skip
+    resume = [
+        f"--tracking_uri={store}",
+        f"--ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}",
+        "--trainer.max_steps=6",
+    ]
     assert main(fit_args(tmp_path, shards, *resume)) == 0
     run_id = json.loads((run_dir / "run.json").read_text())["mlflow_run_id"]
     client = MlflowClient(store)

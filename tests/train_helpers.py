@@ -2,20 +2,19 @@
 
 Everything is real: H.264 WebDataset shards from ``salt.data.synthetic``, the ``VideoDataModule``,
 Lightning's Trainer on the CPU, ``vit_test`` with 8-pixel patches on 32-pixel, 8-frame clips
-(token grid 4×4×4) so a step takes a fraction of a second on 2 cores. Test modules import the
-fixtures (``shards``, ``one_thread``) from here and mark themselves ``usefixtures("one_thread")``.
+(token grid 4×4×4) so a step takes a fraction of a second on 2 cores. The fixtures these tests
+use (``shards``, ``one_thread``) and ``single_thread`` live in tests/conftest.py; the names are
+importable from here too, for test files that still import them from this module.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 import pytorch_lightning as pl
 import torch
+from conftest import one_thread, shards, single_thread  # noqa: F401 - see the module docstring
 
 from salt.checkpointing import AtomicCheckpointIO
 from salt.data import VideoDataModule
@@ -30,38 +29,6 @@ PREDICTOR = {
     "predictor_heads": 4,
     "predictor_mlp_hidden": 96,
 }
-
-
-@contextlib.contextmanager
-def single_thread() -> Iterator[None]:
-    """One intra-op thread: on a loaded 2-core machine OpenMP's spinning threads make a tiny model
-    ~15x slower with 2 threads than with 1 (measured: 58 s vs 3.4 s for 10 steps)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
-
-
-@pytest.fixture
-def one_thread() -> Iterator[None]:
-    with single_thread():
-        yield
-
-
-@pytest.fixture(scope="session")
-def shards(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """Train shard pattern of 32 synthetic 16-frame 32-px clips (written once per session)."""
-    from salt.data.synthetic import write_synthetic_shards
-
-    out = tmp_path_factory.getbasetemp() / "salt_train_shards"
-    done = out / "synthetic.json"
-    if not done.is_file():
-        write_synthetic_shards(
-            str(out), num_train=32, num_val=4, num_probe_train=4, frames=16, size=32
-        )
-    return str(out / "train-*.tar")
 
 
 def module_kwargs(stage: str, **overrides: Any) -> dict[str, Any]:
@@ -97,6 +64,20 @@ def trainer(
         **overrides,
     }
     return pl.Trainer(**kwargs)
+
+
+class TinyModule(pl.LightningModule):
+    """A one-layer LightningModule for Trainer mechanics (checkpoints, resume) on [B, 4] batches."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(4, 1)
+
+    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        return self.layer(batch).pow(2).mean()
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
 class Recorder(pl.Callback):

@@ -79,8 +79,10 @@ def measure(a: argparse.Namespace, batch: int, dev: torch.device) -> dict:
     heads = [AttentiveClassifier(embed_dim=enc.embed_dim, num_heads=16, depth=a.depth,
                                  num_classes=a.classes, use_activation_checkpointing=True).to(dev)
              for _ in range(a.heads)]  # fmt: skip
-    opt_kwargs = [dict(ref_wd=0.01, final_wd=0.01, start_lr=1e-3, ref_lr=1e-3, final_lr=0.0,
-                       warmup=0.0) for _ in heads]  # fmt: skip
+    opt_kwargs = [
+        dict(ref_wd=0.01, final_wd=0.01, start_lr=1e-3, ref_lr=1e-3, final_lr=0.0, warmup=0.0)
+        for _ in heads
+    ]
     fp16 = dev.type == "cuda"
     optimizer, scaler, scheduler, wd_scheduler = init_opt(heads, 1000, opt_kwargs, 20, fp16)
 
@@ -96,8 +98,9 @@ def measure(a: argparse.Namespace, batch: int, dev: torch.device) -> dict:
         data = list(batches(n, views, b))
         synchronize(dev)
         t0 = time.perf_counter()
-        run_one_epoch(dev, training, enc, heads, scaler, optimizer, scheduler, wd_scheduler,
-                      data, fp16)  # fmt: skip
+        run_one_epoch(
+            dev, training, enc, heads, scaler, optimizer, scheduler, wd_scheduler, data, fp16
+        )
         synchronize(dev)
         return n * b / (time.perf_counter() - t0)
 
@@ -151,8 +154,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
             continue
         try:
             r = measure(a, b, dev)
-            print(f"{r['model']:<20}{b:>4}{r['train']:9.2f}{r['val']:9.2f}"
-                  f"{(r['peak_gib'] or 0):7.1f}", flush=True)  # fmt: skip
+            print(
+                f"{r['model']:<20}{b:>4}{r['train']:9.2f}{r['val']:9.2f}"
+                f"{(r['peak_gib'] or 0):7.1f}",
+                flush=True,
+            )
         except Exception as err:
             if not is_oom(err):
                 raise

@@ -84,9 +84,12 @@ class DeviceClips(pl.LightningDataModule):
             raise RuntimeError("no mask function: the LightningModule sets it in setup()")
         stream = _IndexStream(len(self.clips), self.batch_size, self.seed, self.mask_fn, self.flip)
         return DataLoader(
-            stream, batch_size=None, num_workers=self.num_workers,
-            persistent_workers=False, prefetch_factor=4 if self.num_workers else None,
-        )  # fmt: skip
+            stream,
+            batch_size=None,
+            num_workers=self.num_workers,
+            persistent_workers=False,
+            prefetch_factor=4 if self.num_workers else None,
+        )
 
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
         index, flip = batch.pop("index"), batch.pop("flip")

@@ -91,8 +91,9 @@ class Study:
         return sorted(rows, key=lambda r: r["step"])
 
     def student_curve(self, s: int) -> list[dict]:
-        return sorted((self.run(f"student-{self.ts}-s{s}") or {}).get("probes") or [],
-                      key=lambda r: r["step"])  # fmt: skip
+        return sorted(
+            (self.run(f"student-{self.ts}-s{s}") or {}).get("probes") or [], key=lambda r: r["step"]
+        )
 
     def teacher_flops(self, s: int) -> float | None:
         r = self.run(f"teacher-s{s}")
@@ -192,11 +193,13 @@ def verdicts(study: Study) -> list[dict[str, str]]:
     rows = []
     for size in [study.ts, *study.up]:
         pairs = _pairs(study, lambda s, z=size: study.student(s, z), study.teacher)
-        rows.append({
-            "claim": f"(a) a {size} student beats its frozen {study.ts} teacher",
-            "verdict": _diff_verdict(pairs, study.chance),
-            "numbers": _pair_text("student", "teacher", pairs),
-        })  # fmt: skip
+        rows.append(
+            {
+                "claim": f"(a) a {size} student beats its frozen {study.ts} teacher",
+                "verdict": _diff_verdict(pairs, study.chance),
+                "numbers": _pair_text("student", "teacher", pairs),
+            }
+        )
     pairs = _pairs(study, study.student, study.ema)
     verdict = _diff_verdict(pairs, study.chance)
     collapsed = [s for s in study.seeds if study.collapsed(study.ema(s), s)]
@@ -206,18 +209,20 @@ def verdicts(study: Study) -> list[dict[str, str]]:
         if len(collapsed) * 2 > len(study.seeds):
             verdict = "inconclusive (the EMA baseline collapsed in most seeds)"
     flops = [
-        (study.teacher_flops(s) or 0) + study.student(s)["flops"] for s in study.seeds
+        (study.teacher_flops(s) or 0) + study.student(s)["flops"]
+        for s in study.seeds
         if study.student(s) and study.ema(s)
-    ]  # fmt: skip
+    ]
     ema_flops = [study.ema(s)["flops"] for s in study.seeds if study.student(s) and study.ema(s)]
-    rows.append({
-        "claim": f"(b) SALT ({study.ts} student) beats the V-JEPA EMA baseline at matched FLOPs",
-        "verdict": verdict,
-        "numbers": _pair_text("SALT", "EMA", pairs)
-        + f"; training TFLOP SALT {_ms([f / 1e12 for f in flops], '.1f')}, "
-        f"EMA {_ms([f / 1e12 for f in ema_flops], '.1f')}."
-        + note,
-    })  # fmt: skip
+    rows.append(
+        {
+            "claim": f"(b) SALT ({study.ts} student) beats the V-JEPA EMA baseline at matched FLOPs",
+            "verdict": verdict,
+            "numbers": _pair_text("SALT", "EMA", pairs)
+            + f"; training TFLOP SALT {_ms([f / 1e12 for f in flops], '.1f')}, "
+            f"EMA {_ms([f / 1e12 for f in ema_flops], '.1f')}." + note,
+        }
+    )
     fits = loss_fits(study)
     per_kind = []
     for k in KINDS:
@@ -257,8 +262,10 @@ def sections(study: Study) -> dict[str, str]:
     meta, plan = study.doc["meta"], study.doc.get("plan", {})
     cfg = study.cfg
     out: dict[str, str] = {}
-    out["verdicts"] = _md(["claim", "verdict at this scale", "numbers (mean ± std over seeds)"],
-                          [[r["claim"], f"**{r['verdict']}**", r["numbers"]] for r in verdicts(study)])  # fmt: skip
+    out["verdicts"] = _md(
+        ["claim", "verdict at this scale", "numbers (mean ± std over seeds)"],
+        [[r["claim"], f"**{r['verdict']}**", r["numbers"]] for r in verdicts(study)],
+    )
 
     def enc_row(label: str, rows: list, flops: list) -> list[str]:
         coll = [s for s, r in zip(study.seeds, rows, strict=True) if study.collapsed(r, s)]
@@ -299,7 +306,7 @@ def sections(study: Study) -> dict[str, str]:
                 "collapsed seeds",
             ],
             enc,
-        )  # fmt: skip
+        )
         + f"\n\nChance is {study.chance:.3f} ({cfg['task']['num_classes']} classes). "
         "Train TFLOP (FlopCounterMode, forward + backward) includes the teacher's pretraining for "
         "SALT students."

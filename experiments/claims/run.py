@@ -145,9 +145,11 @@ class PoolExecutor(ProcessPoolExecutor):
 
     def __init__(self, cfg: dict) -> None:
         super().__init__(
-            max_workers=cfg["workers"], mp_context=mp.get_context("spawn"),
-            initializer=jobs.init_worker, initargs=(cfg,),
-        )  # fmt: skip
+            max_workers=cfg["workers"],
+            mp_context=mp.get_context("spawn"),
+            initializer=jobs.init_worker,
+            initargs=(cfg,),
+        )
 
     def stop(self) -> None:
         """Cancel what has not started and end the workers this executor started."""
@@ -303,8 +305,10 @@ def main(argv: list[str] | None = None) -> dict:
         )
         steps = plan_steps(cfg, plan, left, args.overlap)
         results["plan"] = {**plan, "steps": steps}
-        log(f"plan: GFLOP/step {({k: round(v / 1e9, 1) for k, v in plan['flops_per_step'].items()})}, "
-            f"ms/step {({k: round(v, 1) for k, v in plan['ms_per_step'].items()})}")  # fmt: skip
+        log(
+            f"plan: GFLOP/step { ({k: round(v / 1e9, 1) for k, v in plan['flops_per_step'].items()}) }, "
+            f"ms/step { ({k: round(v, 1) for k, v in plan['ms_per_step'].items()}) }"
+        )
         log(f"steps {steps} (scale {steps['scale']}, estimated {steps['estimated_s']} s)")
         specs = make_jobs(cfg, steps, plan["flops_per_step"])
         runs: dict[str, dict] = {}
@@ -350,8 +354,11 @@ def _schedule(specs, cfg, runs, executor, deadline, log, save, state) -> None:
             started = True
             full = finalize(spec, cfg, runs, deadline, state)
             if full is None:
-                runs[spec["name"]] = {"name": spec["name"], "status": "skipped",
-                                      "error": "a run it needs failed or was skipped"}  # fmt: skip
+                runs[spec["name"]] = {
+                    "name": spec["name"],
+                    "status": "skipped",
+                    "error": "a run it needs failed or was skipped",
+                }
                 continue
             log(f"start {spec['name']}" + (f" ({spec['steps']} steps)" if "steps" in spec else ""))
             try:
@@ -375,10 +382,12 @@ def _schedule(specs, cfg, runs, executor, deadline, log, save, state) -> None:
             runs[name] = r
             probes = r.get("probes") or [{}]
             tops = {k: probes[-1][k]["top1"] for k in ("attentive", "linear") if k in probes[-1]}
-            log(f"{r['status']} {name} in {r.get('job_wall_s')} s"
+            log(
+                f"{r['status']} {name} in {r.get('job_wall_s')} s"
                 + (f" (truncated at {r['steps_done']})" if r.get("truncated") else "")
-                + (f": top-1 {({k: round(v, 3) for k, v in tops.items()})}" if tops else "")
-                + (f" [{r['error']}]" if r.get("error") else ""))  # fmt: skip
+                + (f": top-1 { ({k: round(v, 3) for k, v in tops.items()}) }" if tops else "")
+                + (f" [{r['error']}]" if r.get("error") else "")
+            )
             save()
     for name in running.values():
         runs[name] = {
@@ -387,8 +396,10 @@ def _schedule(specs, cfg, runs, executor, deadline, log, save, state) -> None:
             "error": "still running at the deadline",
         }
     for spec in pending:
-        runs.setdefault(spec["name"], {"name": spec["name"], "status": "skipped",
-                                       "error": "not started before the deadline"})  # fmt: skip
+        runs.setdefault(
+            spec["name"],
+            {"name": spec["name"], "status": "skipped", "error": "not started before the deadline"},
+        )
 
 
 if __name__ == "__main__":

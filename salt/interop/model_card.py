@@ -65,14 +65,16 @@ def probe_results(ckpt: Path, meta: dict[str, Any]) -> tuple[list[dict[str, Any]
             and (tags.get("salt.checkpoint_step") == str(step))
         )
         if (same_file or same_step) and "probe/top1" in metrics:
-            rows.append({
-                "protocol": tags.get("salt.probe_protocol", "?"),
-                "top1": metrics["probe/top1"],
-                "top5": metrics.get("probe/top5"),
-                "random_top1": metrics.get("probe/random_top1"),
-                "head": tags.get("salt.selected_head", "?"),
-                "run_id": run.info.run_id,
-            })  # fmt: skip
+            rows.append(
+                {
+                    "protocol": tags.get("salt.probe_protocol", "?"),
+                    "top1": metrics["probe/top1"],
+                    "top5": metrics.get("probe/top5"),
+                    "random_top1": metrics.get("probe/random_top1"),
+                    "head": tags.get("salt.selected_head", "?"),
+                    "run_id": run.info.run_id,
+                }
+            )
     rows.sort(key=lambda r: r["protocol"])
     where = f"Probe runs of this checkpoint in the MLflow store {uri}: {len(rows)}."
     return rows, where

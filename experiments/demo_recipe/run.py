@@ -9,9 +9,9 @@ Why not `salt demo`: the real pipeline is bound by its one decoding worker (~10 
 and recipe questions need many seeds. This loop calls the real modules' ``training_loss``,
 optimiser, schedule and mask collator on clips made in memory by ``motion_frames`` (the same
 generator the shards hold, without the H.264 round trip), on one thread, so one CPU core runs one
-configuration. The table in benchmarks/NOTES.md ("Demo recipe") came from 16 of these at once:
+configuration. The tables in experiments/demo_recipe/README.md came from 16 of these at once:
 
-    python benchmarks/demo_recipe.py --name base_s0 --seed 0 --teacher-steps 2000
+    python experiments/demo_recipe/run.py --name base_s0 --seed 0 --teacher-steps 2000
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Stage-1 pixel decoder and the pixel-target helpers (SPEC.md stage 1, "V-Pixel").
+"""Stage-1 pixel decoder and the pixel-target helpers (docs/method.md, stage 1).
 
 ``PixelDecoder`` is the JEPA ``Predictor`` with ``out_dim = tubelet·patch²·in_chans`` (1536 for
 2×16×16×3): it predicts the raw pixels of every masked tubelet. ``patchify_pixels`` cuts a clip

@@ -1,4 +1,4 @@
-"""JEPA predictor: from context tokens to predictions at target positions (SPEC.md stage 2).
+"""JEPA predictor: from context tokens to predictions at target positions (docs/method.md, stage 2).
 
 ``in_dim`` (student width) → linear → ``embed_dim`` (384); append one learnable mask token per
 target position (zero-init, one token per mask config, chosen by ``mask_id``); 12 pre-norm

@@ -1,9 +1,9 @@
-"""Size table of the video ViT family and the JEPA predictor (SPEC.md "Models").
+"""Size table of the video ViT family and the JEPA predictor (docs/method.md, "Models").
 
 Dimensions are exact: ViT-g and ViT-G keep head dim 64 (22 and 26 heads), and ViT-G's MLP is
 8192 wide (V-JEPA 2's ``vit_gigantic`` silently builds 6656 through a misspelt keyword; we do
-not repeat that). ``expected_params`` is the count SPEC.md quotes for a 3D-patch ViT without a
-CLS token; tests build every size on the meta device and compare within 1%.
+not repeat that). ``expected_params`` is the count docs/method.md quotes for a 3D-patch ViT
+without a CLS token; tests build every size on the meta device and compare within 1%.
 
 ``vit_test`` (< 1M parameters) serves every CPU test. Its head dim 16 splits into three even
 RoPE chunks of 4 (12 rotated + 4 unrotated), like head dim 64 → 3×20 + 4.
@@ -22,7 +22,7 @@ class TransformerSize:
     depth: int
     num_heads: int
     mlp_hidden_dim: int
-    expected_params: int | None = None  # SPEC.md figure; None for test-only sizes
+    expected_params: int | None = None  # docs/method.md figure; None for test-only sizes
 
     @property
     def head_dim(self) -> int:
@@ -46,7 +46,7 @@ ENCODER_SIZES: dict[str, TransformerSize] = {
 }
 
 # The JEPA predictor / stage-1 pixel decoder: 12 blocks × 384 wide, 12 heads (head dim 32).
-# SPEC.md's ≈22M is measured with ViT-L in and out (1024 → 384 → 1024).
+# docs/method.md's ≈22M is measured with ViT-L in and out (1024 → 384 → 1024).
 PREDICTOR_SIZES: dict[str, TransformerSize] = {
     "predictor": TransformerSize(384, 12, 12, 1536, 22_000_000),
     "predictor_test": TransformerSize(48, 2, 4, 96),

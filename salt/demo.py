@@ -302,7 +302,7 @@ def run_demo(out: Path, fast: bool = False) -> dict[str, Any]:
 
 
 # Printed under a --fast table: its accuracies must not be read as a result (measured: students
-# of 600-1000 steps stay at chance on this task over 3 seeds; benchmarks/NOTES.md, "Demo recipe").
+# of 600-1000 steps stay at chance on this task over 3 seeds; experiments/demo_recipe/README.md).
 FAST_NOTE = [
     "--fast checks the plumbing only: its runs are too short to learn motion (the student needs",
     "~1000 steps), so the accuracies above are noise; the default run (no --fast) is the result.",

@@ -14,7 +14,8 @@
 - Folders (a sharded FSDP checkpoint, a Hugging Face export) are written under a hidden name
   and put in place by ``replace_dir``.
 - Sharded FSDP checkpoint folders: ``consolidate_checkpoint`` turns one into a single Lightning
-  file; ``export_checkpoint`` (``salt export``) exports the encoder of a file or of a folder.
+  file (``salt.encoder_io.export_checkpoint``, behind ``salt export``, exports the encoder of a
+  file or of a folder).
 - Policy (``SaltCheckpoint``, ``salt.checkpoint_policy``): periodic ``step=NNNNNNN.ckpt`` every N
   optimizer steps and/or every M minutes, the newest K kept, ``last.ckpt`` a link to the newest.
 """
@@ -24,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -192,43 +192,3 @@ def consolidate_checkpoint(sharded_dir: str | Path, out: str | Path) -> Path:
     ckpt["state_dict"] = state["state_dict"]
     atomic_torch_save(ckpt, out)
     return out
-
-
-def export_sharded_encoder(sharded_dir: str | Path, out: str | Path) -> Path:
-    """Sharded checkpoint folder → consolidated `.ckpt` beside `out` → exported encoder `out`."""
-    from salt.encoder_io import export_encoder
-
-    out = Path(out)
-    full = out.with_name(out.stem + "-consolidated.ckpt")
-    consolidate_checkpoint(sharded_dir, full)
-    export_encoder(full, out)
-    return out
-
-
-def export_checkpoint(
-    src: str | os.PathLike, out: str | os.PathLike, format: str = "safetensors", which: str = "auto"
-) -> Path:
-    """``salt export``: the encoder of a checkpoint file or of a sharded FSDP checkpoint folder.
-
-    A folder is consolidated into a hidden scratch folder beside ``out`` (not ``/tmp``: a ViT-g
-    checkpoint is several GB), exported, and the scratch removed; the export records the folder
-    as its ``source_checkpoint``.
-
-    Args:
-        src: a ``salt fit`` checkpoint file, a sharded checkpoint folder (``step=N.ckpt/``), or
-            (``format="hf"``) an exported / imported ``.safetensors``.
-        out: ``OUT.safetensors``, or a folder for ``format="hf"``.
-        format: ``"safetensors"`` (``salt.encoder_io.export_encoder``) or ``"hf"``
-            (``salt.encoder_io.export_hf``).
-        which: ``"auto"``, ``"target"`` or ``"online"`` (see ``salt.encoder_io``).
-    """
-    from salt.encoder_io import export_encoder, export_hf
-
-    exporter = export_hf if format == "hf" else export_encoder
-    src, out = Path(src), Path(out)
-    if not is_sharded_checkpoint(src):
-        return exporter(src, out, which=which)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{out.name}.consolidate-", dir=out.parent) as tmp:
-        full = consolidate_checkpoint(src, Path(tmp) / "consolidated.ckpt")
-        return exporter(full, out, which=which, source=src)

@@ -118,7 +118,7 @@ def export(argv: list[str]) -> Path:
         "evaluates; what 'auto' picks) or 'online'; other checkpoints have one (auto/online)",
     )
     args = parser.parse_args(argv)
-    from salt.checkpointing import export_checkpoint
+    from salt.encoder_io import export_checkpoint
 
     if not Path(args.ckpt).exists():
         raise UsageError(f"checkpoint not found: {args.ckpt}")

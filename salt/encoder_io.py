@@ -38,7 +38,12 @@ from typing import Any
 
 import torch
 
-from salt.checkpointing import atomic_path, replace_dir
+from salt.checkpointing import (
+    atomic_path,
+    consolidate_checkpoint,
+    is_sharded_checkpoint,
+    replace_dir,
+)
 from salt.errors import UsageError
 from salt.models import VideoViT
 from salt.models.hub import WEIGHTS_NAME, load_state_strict
@@ -56,8 +61,10 @@ __all__ = [
     "WHICH",
     "RUNTIME_KEYS",
     "build_encoder",
+    "export_checkpoint",
     "export_encoder",
     "export_hf",
+    "export_sharded_encoder",
     "file_sha256",
     "load_encoder",
     "load_state_strict",
@@ -261,3 +268,39 @@ def export_hf(
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
+
+
+def export_sharded_encoder(sharded_dir: str | Path, out: str | Path) -> Path:
+    """Sharded checkpoint folder → consolidated `.ckpt` beside `out` → exported encoder `out`."""
+    out = Path(out)
+    full = out.with_name(out.stem + "-consolidated.ckpt")
+    consolidate_checkpoint(sharded_dir, full)
+    export_encoder(full, out)
+    return out
+
+
+def export_checkpoint(
+    src: str | os.PathLike, out: str | os.PathLike, format: str = "safetensors", which: str = "auto"
+) -> Path:
+    """``salt export``: the encoder of a checkpoint file or of a sharded FSDP checkpoint folder.
+
+    A folder is consolidated into a hidden scratch folder beside ``out`` (not ``/tmp``: a ViT-g
+    checkpoint is several GB), exported, and the scratch removed; the export records the folder
+    as its ``source_checkpoint``.
+
+    Args:
+        src: a ``salt fit`` checkpoint file, a sharded checkpoint folder (``step=N.ckpt/``), or
+            (``format="hf"``) an exported / imported ``.safetensors``.
+        out: ``OUT.safetensors``, or a folder for ``format="hf"``.
+        format: ``"safetensors"`` (``export_encoder``) or ``"hf"``
+            (``export_hf``).
+        which: ``"auto"``, ``"target"`` or ``"online"`` (see the module docstring).
+    """
+    exporter = export_hf if format == "hf" else export_encoder
+    src, out = Path(src), Path(out)
+    if not is_sharded_checkpoint(src):
+        return exporter(src, out, which=which)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}.consolidate-", dir=out.parent) as tmp:
+        full = consolidate_checkpoint(src, Path(tmp) / "consolidated.ckpt")
+        return exporter(full, out, which=which, source=src)

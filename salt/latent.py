@@ -24,13 +24,11 @@ EMA: its weights, which are trainable state there).
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import nn
 
 from salt.errors import UsageError
-from salt.models import Predictor, VideoViT, check_sdpa_kernel, create_encoder, set_sdpa_kernel
+from salt.models import Predictor, VideoViT, check_sdpa_kernel, set_sdpa_kernel
 from salt.module_base import SaltModule
 from salt.step import gather_mask_targets, latent_targets, masked_regression_loss
 
@@ -74,29 +72,13 @@ class FrozenTeacher(nn.Module):
 class LatentTargetModule(SaltModule):
     """Base of ``StudentModule`` and ``EMAModule`` (not configured directly).
 
-    Subclasses call, in order: ``_build_encoder`` → (make the target encoder) →
+    Subclasses call, in order: ``_build_encoder`` (``SaltModule``) → (make the target encoder) →
     ``_attach_target`` → ``_build_predictor`` → ``_set_sdpa_kernels``. They set
     ``self.loss_kind`` (``"l1"`` or ``"mse"``) and may override ``target_input`` (what the target
     encoder reads: the normalised clip, or a lower-precision copy of it).
     """
 
     loss_kind: str
-
-    def _build_encoder(
-        self, name: str, kwargs: dict[str, Any] | None, act_checkpoint: bool
-    ) -> VideoViT:
-        """The trained encoder (``self.encoder``) for this run's clip size."""
-        self.encoder = create_encoder(
-            name,
-            **{
-                **(kwargs or {}),
-                "img_size": self.img_size,
-                "num_frames": self.num_frames,
-                "act_checkpoint": act_checkpoint,
-            },
-        )
-        self.grid()  # fail now if the clip does not divide into tubelets × patches
-        return self.encoder
 
     def _attach_target(self, target: VideoViT, target_layer: int) -> None:
         """Hold ``target`` outside the module tree (see the module docstring)."""

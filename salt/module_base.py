@@ -55,6 +55,7 @@ from salt.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize
 from salt.dist import sum_over_ranks
 from salt.health import NonFiniteGuard
 from salt.masks import MultiMaskCollator
+from salt.models import VideoViT, create_encoder
 from salt.optim import build_adamw, prepare_optimizer_step, unwrap_optimizer
 from salt.schedules import WarmupCosineSchedule
 
@@ -244,6 +245,22 @@ class SaltModule(pl.LightningModule):
             )
             self._norm_stats[video.device] = stats
         return normalize(video, *stats)
+
+    def _build_encoder(
+        self, name: str, kwargs: dict[str, Any] | None, act_checkpoint: bool
+    ) -> VideoViT:
+        """The trained encoder (``self.encoder``): a registered size at this run's clip size."""
+        self.encoder = create_encoder(
+            name,
+            **{
+                **(kwargs or {}),
+                "img_size": self.img_size,
+                "num_frames": self.num_frames,
+                "act_checkpoint": act_checkpoint,
+            },
+        )
+        self.grid()  # fail now if the clip does not divide into tubelets × patches
+        return self.encoder
 
     def grid(self) -> tuple[int, int, int]:
         """Token grid ``(T', H', W')`` of this run's clips."""

@@ -36,7 +36,8 @@ from pytorch_lightning.strategies import DDPStrategy, ModelParallelStrategy
 from torch import nn
 
 # re-exported: sharded checkpoints are written here, consolidated and exported there
-from salt.checkpointing import consolidate_checkpoint, export_sharded_encoder, replace_dir
+from salt.checkpointing import consolidate_checkpoint, replace_dir
+from salt.encoder_io import export_sharded_encoder
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from salt.models import PixelDecoder, create_encoder
+from salt.models import PixelDecoder
 from salt.module_base import SaltModule
 from salt.step import masked_regression_loss, pixel_targets
 
@@ -57,16 +57,7 @@ class TeacherModule(SaltModule):
     ) -> None:
         super().__init__(**kwargs)
         self.loss_kind, self.norm_pix_eps = loss, norm_pix_eps
-        self.encoder = create_encoder(
-            encoder,
-            **{
-                **(encoder_kwargs or {}),
-                "img_size": self.img_size,
-                "num_frames": self.num_frames,
-                "act_checkpoint": act_checkpoint,
-            },
-        )
-        self.grid()  # fail now if the clip does not divide into tubelets × patches
+        self._build_encoder(encoder, encoder_kwargs, act_checkpoint)
         num_masks = len(self.build_mask_collator().generators)
         self.decoder = PixelDecoder(
             in_dim=self.encoder.embed_dim,

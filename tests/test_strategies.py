@@ -294,8 +294,7 @@ def test_fsdp_salt_fit_student_sharded_checkpoint_exports(tmp_path: Path, shards
     written atomically (`last.ckpt` a symlink to the newest, `meta.pt` weights_only-safe), the
     exported encoder loads strictly, and a LiveProbe runs with every rank joining the sharded
     encoder's forwards (on rank 0 alone it deadlocked in the first parameter all-gather)."""
-    from salt.checkpointing import export_sharded_encoder
-    from salt.encoder_io import load_encoder
+    from salt.encoder_io import export_sharded_encoder, load_encoder
 
     teacher = train_teacher_checkpoint(tmp_path / "teacher", shards, steps=2)
     repo = Path(__file__).resolve().parents[1]

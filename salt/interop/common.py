@@ -150,6 +150,33 @@ def imported_metadata(
     }
 
 
+def hf_folder_source(
+    fmt: str,
+    folder: Path,
+    cfg: dict[str, Any],
+    files: Iterable[Path],
+    src: SourceState,
+    mean_std_from: str,
+    default_architecture: str,
+    conventions: dict[str, Any],
+) -> dict[str, Any]:
+    """The ``source`` metadata of a transformers folder import: what was read and how to read it."""
+    from salt.encoder_io import file_sha256
+
+    return {
+        "format": fmt,
+        "path": str(folder.resolve()),
+        "architecture": (cfg.get("architectures") or [default_architecture])[0],
+        "model_type": cfg.get("model_type"),
+        "transformers_version": cfg.get("transformers_version"),
+        "weights_sha256": {f.name: file_sha256(f) for f in files},
+        "config": cfg,
+        "skipped": src.skipped(),
+        "mean_std_from": mean_std_from,
+        "conventions": conventions,
+    }
+
+
 def write_encoder_file(out: str | os.PathLike, encoder: VideoViT, meta: dict[str, Any]) -> Path:
     """Write ``encoder`` + ``meta`` as a salt encoder ``.safetensors``, atomically."""
     from safetensors.torch import save_file

@@ -38,7 +38,15 @@ import torch
 from salt.models import VideoViT
 from salt.models.pos_embed import sincos_embed_1d
 
-from .common import TOKEN_ORDER, SourceState, imported_metadata, require, square, strip_prefixes
+from .common import (
+    TOKEN_ORDER,
+    SourceState,
+    hf_folder_source,
+    imported_metadata,
+    require,
+    square,
+    strip_prefixes,
+)
 from .hf_folder import processor_mean_std, read_config, read_weights, weight_files
 
 FORMAT = "transformers-videomae"
@@ -133,8 +141,6 @@ def check_table(state: dict[str, torch.Tensor], encoder: VideoViT, source: str) 
 
 def import_folder(folder: Path) -> tuple[VideoViT, dict[str, Any]]:
     """The salt encoder and metadata of a ``transformers`` VideoMAE folder."""
-    from salt.encoder_io import file_sha256
-
     source = str(folder)
     cfg = read_config(folder)
     enc_cfg = encoder_config(cfg, source)
@@ -154,28 +160,20 @@ def import_folder(folder: Path) -> tuple[VideoViT, dict[str, Any]]:
         "transformers VideoMAE processor default (IMAGENET_STANDARD 0.5/0.5); the folder has "
         "no processor config",
     )
-    source_meta = {
-        "format": FORMAT,
-        "path": str(folder.resolve()),
-        "architecture": (cfg.get("architectures") or ["VideoMAEModel"])[0],
-        "model_type": cfg.get("model_type"),
-        "transformers_version": cfg.get("transformers_version"),
-        "weights_sha256": {f.name: file_sha256(f) for f in files},
-        "config": cfg,
-        "skipped": src.skipped(),
-        "mean_std_from": norm_from,
-        "conventions": {
-            "positions": "fixed 1-D sinusoid over the flattened T×H×W index of the nominal "
-            "grid (sin even, cos odd channels), added once; clips of that grid or fewer frames",
-            "token_order": TOKEN_ORDER + " (transformers input [B, T, C, H, W])",
-            "qkv": "separate q/k/v rows stacked; q and v biases, k bias zero",
-            "qv_bias": qv_bias,
-            "layer_norm_eps": enc_cfg["norm_eps"],
-            "final_norm": enc_cfg["final_norm"],
-            "pooling": "mean over tokens (use_mean_pooling)"
-            if not enc_cfg["final_norm"]
-            else "none (final layernorm on the tokens)",
-            "features": "last_hidden_state",
-        },
+    conventions = {
+        "positions": "fixed 1-D sinusoid over the flattened T×H×W index of the nominal "
+        "grid (sin even, cos odd channels), added once; clips of that grid or fewer frames",
+        "token_order": TOKEN_ORDER + " (transformers input [B, T, C, H, W])",
+        "qkv": "separate q/k/v rows stacked; q and v biases, k bias zero",
+        "qv_bias": qv_bias,
+        "layer_norm_eps": enc_cfg["norm_eps"],
+        "final_norm": enc_cfg["final_norm"],
+        "pooling": "mean over tokens (use_mean_pooling)"
+        if not enc_cfg["final_norm"]
+        else "none (final layernorm on the tokens)",
+        "features": "last_hidden_state",
     }
+    source_meta = hf_folder_source(
+        FORMAT, folder, cfg, files, src, norm_from, "VideoMAEModel", conventions
+    )
     return encoder.eval(), imported_metadata(encoder, mean, std, source_meta)

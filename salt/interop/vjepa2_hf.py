@@ -36,6 +36,7 @@ from salt.models import VideoViT
 from .common import (
     TOKEN_ORDER,
     SourceState,
+    hf_folder_source,
     imported_metadata,
     require,
     square,
@@ -100,8 +101,6 @@ def map_weights(src: SourceState, depth: int, qkv_bias: bool) -> dict[str, Any]:
 
 def import_folder(folder: Path) -> tuple[VideoViT, dict[str, Any]]:
     """The salt encoder and metadata of a ``transformers`` V-JEPA 2 folder."""
-    from salt.encoder_io import file_sha256
-
     source = str(folder)
     cfg = read_config(folder)
     enc_cfg = encoder_config(cfg, source)
@@ -117,27 +116,19 @@ def import_folder(folder: Path) -> tuple[VideoViT, dict[str, Any]]:
         list(IMAGENET_STD),
         "transformers VJEPA2VideoProcessor default (ImageNet); the folder has no processor config",
     )
-    source_meta = {
-        "format": FORMAT,
-        "path": str(folder.resolve()),
-        "architecture": (cfg.get("architectures") or ["VJEPA2Model"])[0],
-        "model_type": cfg.get("model_type"),
-        "transformers_version": cfg.get("transformers_version"),
-        "weights_sha256": {f.name: file_sha256(f) for f in files},
-        "config": cfg,
-        "skipped": src.skipped(),
-        "mean_std_from": norm_from,
-        "conventions": {
-            "rope_pairing": "tiled",
-            "rope_axes": "head dim split t, h, w into 2·((head_dim // 3) // 2) channels each, "
-            "remainder unrotated; base 10000",
-            "positions": "3D RoPE from the clip's grid (transformers: from crop_size)",
-            "token_order": TOKEN_ORDER + " (transformers input [B, T, C, H, W])",
-            "qkv": "separate query/key/value rows stacked into one qkv projection",
-            "qkv_bias": bool(cfg.get("qkv_bias", True)),
-            "layer_norm_eps": enc_cfg["norm_eps"],
-            "final_norm": True,
-            "features": "last_hidden_state (after encoder.layernorm)",
-        },
+    conventions = {
+        "rope_pairing": "tiled",
+        "rope_axes": "head dim split t, h, w into 2·((head_dim // 3) // 2) channels each, "
+        "remainder unrotated; base 10000",
+        "positions": "3D RoPE from the clip's grid (transformers: from crop_size)",
+        "token_order": TOKEN_ORDER + " (transformers input [B, T, C, H, W])",
+        "qkv": "separate query/key/value rows stacked into one qkv projection",
+        "qkv_bias": bool(cfg.get("qkv_bias", True)),
+        "layer_norm_eps": enc_cfg["norm_eps"],
+        "final_norm": True,
+        "features": "last_hidden_state (after encoder.layernorm)",
     }
+    source_meta = hf_folder_source(
+        FORMAT, folder, cfg, files, src, norm_from, "VJEPA2Model", conventions
+    )
     return encoder.eval(), imported_metadata(encoder, mean, std, source_meta)

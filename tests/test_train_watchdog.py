@@ -12,20 +12,9 @@ from typing import Any
 import pytest
 import pytorch_lightning as pl
 import torch
+from train_helpers import TinyModule
 
 from salt.watchdog import HangWatchdog, phase, set_collective_timeout
-
-
-class _Tiny(pl.LightningModule):
-    def __init__(self) -> None:
-        super().__init__()
-        self.layer = torch.nn.Linear(4, 1)
-
-    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
-        return self.layer(batch).pow(2).mean()
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
 class _Stall(pl.Callback):
@@ -48,7 +37,7 @@ def _fit(callbacks: list, steps: int = 5) -> None:
         accelerator="cpu", max_steps=steps, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, callbacks=callbacks,
     )  # fmt: skip
-    trainer.fit(_Tiny(), torch.utils.data.DataLoader(torch.randn(64, 4), batch_size=2))
+    trainer.fit(TinyModule(), torch.utils.data.DataLoader(torch.randn(64, 4), batch_size=2))
 
 
 def test_stuck_phase_is_reported_with_rank_phase_and_step() -> None:

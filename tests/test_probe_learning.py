@@ -11,8 +11,8 @@ above 1/K measures motion information in the frozen tokens plus the probe's abil
    shards, `salt fit` for both stages, `salt-probe`, `salt-runs compare`) gives a student whose
    linear probe on mean-pooled tokens beats chance and the random-init encoder by a clear margin.
    No shorter run does: over 3 seeds, students of 600-1000 steps were at chance
-   (experiments/demo_recipe/README.md), so this test costs the demo's ~7 minutes on 2 cores. It fails if training stops
-   learning motion (whole-clip masks, misaligned targets, a broken schedule all leave the
+   (experiments/demo_recipe/README.md), so this test costs one whole demo (7-17 minutes on 2
+   cores, depending on their load; README "Set-up"). It fails if training stops learning motion (whole-clip masks, misaligned targets, a broken schedule all leave the
    student at chance).
 """
 
@@ -56,7 +56,7 @@ def test_probe_reads_motion_from_frozen_tokens(shards):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1800)  # the default demo: ~410 s on 2 quiet cores, ~620 s on loaded ones
+@pytest.mark.timeout(1800)  # the default demo: 842-1035 s on 2 loaded cores
 def test_trained_student_beats_chance_and_random_init(tmp_path):
     summary = run_demo(tmp_path / "demo")
     top = summary["probe_top1"]

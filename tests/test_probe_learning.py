@@ -12,8 +12,8 @@ above 1/K measures motion information in the frozen tokens plus the probe's abil
    linear probe on mean-pooled tokens beats chance and the random-init encoder by a clear margin.
    No shorter run does: over 3 seeds, students of 600-1000 steps were at chance
    (experiments/demo_recipe/README.md), so this test costs one whole demo (7-17 minutes on 2
-   cores, depending on their load; README "Set-up"). It fails if training stops learning motion (whole-clip masks, misaligned targets, a broken schedule all leave the
-   student at chance).
+   cores, depending on their load; README "Set-up"). It fails if training stops learning motion
+   (whole-clip masks, misaligned targets, a broken schedule all leave the student at chance).
 """
 
 from pathlib import Path

@@ -151,6 +151,16 @@ def run_one(args: argparse.Namespace) -> dict:
     }
 
 
+def data_defaults() -> dict:
+    """``VideoDataModule``'s constructor defaults (what a config leaves out)."""
+    import inspect
+
+    from salt.data import VideoDataModule
+
+    params = inspect.signature(VideoDataModule).parameters.values()
+    return {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--config", default=str(REPO / "configs/student/vitl16.yaml"))
@@ -176,7 +186,8 @@ def main() -> None:
     import yaml
 
     cfg = yaml.safe_load(Path(args.config).read_text())
-    init, data = cfg["model"]["init_args"], cfg["data"]
+    init = cfg["model"]["init_args"]
+    data = {**data_defaults(), **(cfg.get("data") or {})}  # shipped configs are override-only
     encoder, size, frames = init["encoder"], data["crop_size"], data["frames_per_clip"]
     base = []
     if args.smoke:

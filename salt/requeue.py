@@ -193,7 +193,8 @@ class SlurmRequeue(Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._last_step = trainer.global_step  # the restored step on a resume
         if trainer.is_global_zero and self._active:
-            info = {k: v for k, v in attempt_info().items() if v is not None}
+            # run/attempt itself comes from salt.tracking (salt.run_tags), once per attempt
+            info = {k: v for k, v in attempt_info().items() if v is not None and k != "attempt"}
             metrics = {f"run/{k}": float(v) for k, v in info.items()}
             for logger in trainer.loggers:  # one point per attempt, at the step it starts from
                 logger.log_metrics(metrics, step=trainer.global_step)

@@ -143,9 +143,10 @@ def test_stream_counts_decode_timeouts_in_workers(slow_video, tmp_path, num_work
 def test_a_stuck_worker_is_an_error_naming_the_loader(slow_video, tmp_path) -> None:
     spec = write_tar(tmp_path / "stuck.tar", [video_sample(f"s{i}", slow_video) for i in range(4)])
     loader = eval_loader(
-        spec, **{**CLIP, "batch_size": 4}, num_workers=1, decode_timeout=None, timeout=0.5
-    )  # the worker spends seconds on a batch: longer than the loader waits
-    with pytest.raises(RuntimeError, match=r"eval loader over .*stuck.tar.*within 0.5 s after 0"):
+        spec, **{**CLIP, "batch_size": 4}, num_workers=1, decode_timeout=None, timeout=0.05
+    )  # the worker's first batch decodes ~200 HD frames (0.2 s or more on any core, plus its
+    # start-up): longer than the loader waits (0.5 s was not, on a quiet 2-core box)
+    with pytest.raises(RuntimeError, match=r"eval loader over .*stuck.tar.*within 0.05 s after 0"):
         list(loader)
 
 

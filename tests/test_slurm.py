@@ -253,7 +253,7 @@ def test_requeued_job_resumes_same_step_and_mlflow_run(tmp_path: Path, shards: s
     )
     text = log.read_text()
     reached = f"`Trainer.fit` stopped: `max_steps={max_steps}` reached."
-    assert text.count(reached) == 1 and text.index(reached) > text.index("restart 2 on"), (
+    assert text.count(reached) == 1 and text.index(reached) > text.index("restart 2 attempt"), (
         "restart 1 finished before the external requeue landed: the test raced the job"
     )
     starts = [m.group(1) for m in re.finditer(_START_RE, text)]

@@ -31,40 +31,10 @@ def explore_variants(args: Any) -> list[dict]:
     """The exploratory list for ``args`` (step_throughput's arguments); on CPU the smoke subset."""
     if args.device == "cpu":
         return smoke_variants(args)
-    base = {
-        "model": args.model,
-        "teacher_model": args.teacher_model,
-        "batch": args.batch,
-        "steps": args.steps,
-        "warmup": args.warmup,
-        "max_norm": args.max_norm,
-    }
-    st = {
-        **base,
-        "kind": "step",
-        "stage": "student",
-        "attn": "sdpa",
-        "act_ckpt": False,
-        "compile": True,
-    }
+    st, vj = _bases(args)
     te = {**st, "stage": "teacher", "model": args.teacher_model}
     modules = {"compile_scope": "modules"}
     fp8 = {"teacher_precision": "fp8"}
-    vj = {
-        "kind": "vjepa2",
-        "vjepa2": args.vjepa2,
-        "model": "vit_large",
-        "batch": args.batch,
-        "img": 224,
-        "frames": 16,
-        "pred_dim": 384,
-        "pred_depth": 12,
-        "pred_heads": 12,
-        "act_ckpt": False,
-        "steps": args.steps,
-        "warmup": args.warmup,
-        "mask_sets": 8,
-    }
     rows = [
         {"name": "peak", "kind": "peak", "limit_s": 40},  # ~8 s
         {**st, "name": "student_compile", "flops": True, "profile": True, "limit_s": 150},  # ~75

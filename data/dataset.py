@@ -7,7 +7,8 @@ stage's masks) runs in the worker and every batch can carry the worker's exact `
 Training stream, per (rank, worker), seeded from (seed, resume count, epoch, rank, worker):
   shards drawn with replacement per dataset (a CSV dataset: its rows in reshuffled passes) ->
   weighted mix of datasets -> shuffle buffer of raw samples (bytes, cheap; not needed when every
-  dataset is a CSV) -> parse -> decode the window's frames -> crop/flip -> batch of B.
+  dataset is a CSV) -> parse -> decode the window's frames (or take them from the worker's decoded
+  videos, ``decoded_cache_mb``) -> crop/flip -> batch of B.
   Each rank yields exactly ``epoch_length`` batches per epoch (split across its workers).
   We build this from webdataset's tar reader instead of ``wds.WebDataset(resampled=True)`` because
   the latter seeds its shard sampler from time and pid: the stream could not be reproduced from a
@@ -38,6 +39,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from salt.errors import UsageError
 
 from .decode import DEFAULT_DECODE_TIMEOUT, decode_clip
+from .decoded_cache import DecodedCache
 from .loader import COUNTS_KEY, ERROR_KEY
 from .samples import parse_sample
 from .sampling import clip_step, segment_indices, train_indices
@@ -67,6 +69,7 @@ class ClipConfig:
     num_views: int = 1
     eval_short_side: int | None = None
     decode_timeout: float | None = DEFAULT_DECODE_TIMEOUT
+    decoded_cache_mb: float = 0.0  # training only: per-worker budget of whole decoded videos
 
 
 def derive_seed(*parts: int) -> int:
@@ -142,7 +145,11 @@ def shuffle_samples(samples: Iterator[dict], size: int, rng: random.Random) -> I
 
 
 def _train_clip(
-    sample: dict, cfg: ClipConfig, rng: random.Random, counts: Counter
+    sample: dict,
+    cfg: ClipConfig,
+    rng: random.Random,
+    counts: Counter,
+    cache: DecodedCache | None = None,
 ) -> tuple[torch.Tensor, int]:
     data, label, num_frames = parse_sample(sample)
     padded = False
@@ -153,12 +160,27 @@ def _train_clip(
         idx, padded = train_indices(n, cfg.frames_per_clip, step, rng, cfg.short_video)
         return idx
 
-    clip = decode_clip(
-        data, choose, cfg.decoder, cfg.decoder_threads, num_frames, cfg.decode_timeout
-    )
+    key = (str(sample.get("__url__", "")), str(sample.get("__key__", "")))
+    held = cache.get(key) if cache is not None else None
+    if held is None and cache is not None and not cache.full:
+        whole = decode_clip(
+            data, lambda n, fps: range(n), cfg.decoder, cfg.decoder_threads, num_frames,
+            cfg.decode_timeout,
+        )  # fmt: skip
+        counts["decoder_fallback"] += int(whole.fallback)
+        held = (whole.frames, whole.fps)  # [n, H, W, 3]; used for this draw even if not kept
+        cache.put(key, *held)
+    if held is not None:
+        all_frames, fps = held
+        frames = all_frames[choose(len(all_frames), fps)]  # [T, H, W, 3]
+    else:
+        clip = decode_clip(
+            data, choose, cfg.decoder, cfg.decoder_threads, num_frames, cfg.decode_timeout
+        )
+        counts["decoder_fallback"] += int(clip.fallback)
+        frames = clip.frames
     counts["padded"] += int(padded)
-    counts["decoder_fallback"] += int(clip.fallback)
-    video = train_transform(clip.frames, cfg.crop_size, rng, cfg.scale, cfg.ratio, cfg.flip_prob)
+    video = train_transform(frames, cfg.crop_size, rng, cfg.scale, cfg.ratio, cfg.flip_prob)
     return video, label  # [C, T, crop, crop] uint8
 
 
@@ -194,6 +216,7 @@ class TrainClipStream(IterableDataset):
         self.shuffle_buffer, self.seed, self.mask_fn = shuffle_buffer, seed, mask_fn
         self.rank, self.resume_count, self.epoch = 0, 0, 0
         self._local_iters = 0  # persistent workers iterate the same copy several times
+        self._cache: DecodedCache | None = None  # this process's (worker's) decoded videos
 
     def stream_seed(self, worker: int) -> int:
         return derive_seed(
@@ -210,6 +233,8 @@ class TrainClipStream(IterableDataset):
         num_batches = self.epoch_length // num_workers + int(
             worker < self.epoch_length % num_workers
         )
+        if self.cfg.decoded_cache_mb > 0 and self._cache is None:
+            self._cache = DecodedCache(self.cfg.decoded_cache_mb)
         counts: Counter = Counter()
         sources = [
             _resampled_samples(source, random.Random(derive_seed(seed, 2, i)), counts)
@@ -223,7 +248,7 @@ class TrainClipStream(IterableDataset):
             while len(clips) < self.batch_size:
                 sample = next(raw)
                 try:
-                    clip, label = _train_clip(sample, self.cfg, rng, counts)
+                    clip, label = _train_clip(sample, self.cfg, rng, counts, self._cache)
                 except SkipSample as skip:
                     counts[skip_key(skip.reason)] += 1
                     skips_in_a_row += 1

@@ -23,7 +23,7 @@ import os
 import numpy as np
 import webdataset as wds
 
-from .encode import encode_video
+from .encode import REPRODUCIBLE, encode_video
 
 SPLITS = ("train", "probe_train", "val")
 _SPLIT_IDS = {name: i for i, name in enumerate(SPLITS)}
@@ -104,7 +104,9 @@ def _write_split(
             writer.write(
                 {
                     "__key__": f"{split}{i:07d}",
-                    "mp4": encode_video(clip, fps=fps, crf=23, preset="veryfast", gop=8),
+                    "mp4": encode_video(
+                        clip, fps=fps, crf=23, preset="veryfast", gop=8, x264_params=REPRODUCIBLE
+                    ),
                     "json": json.dumps(meta).encode(),
                 }
             )

@@ -73,10 +73,18 @@ def shipped_config(name: str) -> dict[str, Any]:
 
 
 def fit_config(
-    stage: str, root: Path, shards: str, fast: bool = False, teacher: str | None = None
+    stage: str,
+    root: Path,
+    shards: str,
+    fast: bool = False,
+    teacher: str | None = None,
+    seed: int | None = None,
 ) -> dict[str, Any]:
-    """configs/demo/<stage>.yaml with this run's paths (and the --fast sizes)."""
+    """configs/demo/<stage>.yaml with this run's paths (and the --fast sizes, and ``seed`` as the
+    run's and the data's seed where given)."""
     cfg = shipped_config(f"demo/{stage}.yaml")
+    if seed is not None:
+        cfg["seed_everything"] = cfg["data"]["seed"] = seed
     cfg["trainer"]["default_root_dir"] = str(root)
     cfg["data"]["train_shards"] = shards
     if fast:
@@ -199,8 +207,9 @@ def _checkpoints(run_dir: Path) -> list[Path]:
     return sorted((run_dir / "checkpoints").glob("step=*.ckpt"))
 
 
-def run_demo(out: Path, fast: bool = False) -> dict[str, Any]:
-    """Run the six stages into `out`; returns (and writes) the summary."""
+def run_demo(out: Path, fast: bool = False, seed: int = 0) -> dict[str, Any]:
+    """Run the six stages into `out` with `seed` (videos, initialisation, data order, masks);
+    returns (and writes) the summary."""
     from salt.data.synthetic import write_synthetic_shards
     from salt.probes.runs_cli import build_parser as runs_parser
     from salt.probes.runs_cli import compare
@@ -217,11 +226,11 @@ def run_demo(out: Path, fast: bool = False) -> dict[str, Any]:
     stages.start(1, "shards", "synthetic motion-only videos (class = direction of motion)")
     n_train, n_probe, n_val = size["clips"]
     data = write_synthetic_shards(
-        str(out / "shards"), num_train=n_train, num_probe_train=n_probe, num_val=n_val, seed=0
+        str(out / "shards"), num_train=n_train, num_probe_train=n_probe, num_val=n_val, seed=seed
     )
     print(f"shards in {out / 'shards'}: {data['counts']}  ({data['num_classes']} classes)")
 
-    teacher_cfg = fit_config("teacher", root, data["train"], fast)
+    teacher_cfg = fit_config("teacher", root, data["train"], fast, seed=seed)
     threads = set_threads(teacher_cfg["data"]["num_workers"])
     stages.start(
         2,
@@ -232,7 +241,9 @@ def run_demo(out: Path, fast: bool = False) -> dict[str, Any]:
     _fit(teacher_cfg, cfg_dir / "teacher.yaml")
     teacher_ckpt = root / EXPERIMENT / "teacher" / "checkpoints" / "last.ckpt"
 
-    student_cfg = fit_config("student", root, data["train"], fast, teacher=str(teacher_ckpt))
+    student_cfg = fit_config(
+        "student", root, data["train"], fast, teacher=str(teacher_ckpt), seed=seed
+    )
     threads = set_threads(student_cfg["data"]["num_workers"])
     stages.start(
         3,
@@ -289,6 +300,7 @@ def run_demo(out: Path, fast: bool = False) -> dict[str, Any]:
         "probe": "linear head on mean-pooled frozen tokens (configs/demo/probe.yaml)",
         "chance": 1.0 / data["num_classes"],
         "fast": fast,
+        "seed": seed,
         "threads": threads,
         "tracking_uri": tracking_uri,
         "plots": [str(plot), *sorted(str(p) for p in probe_dir.glob("*_confusion.png"))],
@@ -336,13 +348,15 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="salt demo", description=__doc__.split("\n")[0])
     p.add_argument("--out", default="salt_demo", help="output folder (default ./salt_demo)")
     p.add_argument("--fast", action="store_true", help="smaller data and fewer steps (CI)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the videos, initialisation, data order and masks (default 0)")  # fmt: skip
     args = p.parse_args(argv)
     out = Path(args.out)
     if (out / "runs").exists() and any((out / "runs").iterdir()):
         print(f"salt demo: error: {out}/runs already holds a run; choose another --out",
               file=sys.stderr)  # fmt: skip
         return 2
-    run_demo(out, fast=args.fast)
+    run_demo(out, fast=args.fast, seed=args.seed)
     return 0
 
 

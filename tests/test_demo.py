@@ -78,6 +78,14 @@ def test_fast_run_changes_only_the_steps(stage: str, tmp_path: Path) -> None:
     }
 
 
+@pytest.mark.parametrize("stage", ["teacher", "student"])
+def test_seed_sets_the_run_and_data_seed_only(stage: str, tmp_path: Path) -> None:
+    full = _leaves(fit_config(stage, tmp_path, "s.tar"))
+    seeded = _leaves(fit_config(stage, tmp_path, "s.tar", seed=7))
+    changed = {k: v for k, v in seeded.items() if full.get(k, "absent") != v}
+    assert changed == {("seed_everything",): 7, ("data", "seed"): 7}
+
+
 def test_probe_protocol_is_tiny_updated_by_the_demo_overrides() -> None:
     tiny = yaml.safe_load((REPO / "configs/probe/tiny.yaml").read_text())
     overrides = yaml.safe_load((REPO / "configs/demo/probe.yaml").read_text())

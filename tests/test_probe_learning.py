@@ -10,10 +10,17 @@ above 1/K measures motion information in the frozen tokens plus the probe's abil
 2. Pretraining must put motion into the tokens: the whole `salt demo` at its default size (real
    shards, `salt fit` for both stages, `salt-probe`, `salt-runs compare`) gives a student whose
    linear probe on mean-pooled tokens beats chance and the random-init encoder by a clear margin.
-   No shorter run does: over 3 seeds, students of 600-1000 steps were at chance
-   (experiments/demo_recipe/README.md), so this test costs one whole demo (7-17 minutes on 2
-   cores, depending on their load; README "Set-up"). It fails if training stops learning motion
-   (whole-clip masks, misaligned targets, a broken schedule all leave the student at chance).
+   No shorter run does (students of ≤ 1000 steps stayed at chance; experiments/demo_recipe/), so
+   this test costs one whole demo (≈ 5 minutes on 2 quiet cores). Over seeds 0-3 the shipped
+   recipe gave (experiments/demo_recipe/README.md):
+   - final student 0.56-0.73;
+   - a rise of 0.20-0.47 over its first checkpoint;
+   - student - random of only +0.09 to +0.33, because the random-init encoder's own number
+     spreads 0.34-0.49.
+   The bounds below sit outside one draw's spread (validation is 128 clips: one clip is 0.008).
+   The rise is the main check, and random init is bounded loosely. The test fails if training
+   stops learning motion: whole-clip masks, misaligned targets or a broken schedule all leave
+   the student at chance.
 """
 
 from pathlib import Path
@@ -56,14 +63,15 @@ def test_probe_reads_motion_from_frozen_tokens(shards):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1800)  # the default demo: 842-1035 s on 2 loaded cores
+@pytest.mark.timeout(1800)  # the default demo: 271-305 s on 2 quiet cores, 493 s loaded
 def test_trained_student_beats_chance_and_random_init(tmp_path):
     summary = run_demo(tmp_path / "demo")
     top = summary["probe_top1"]
     msg = f"student {top['student']:.3f}, random {top['random']:.3f}, chance {CHANCE}"
-    assert top["student"] >= CHANCE + 0.15, msg
-    assert top["student"] >= top["random"] + 0.10, msg
-    # Model selection reads: the students' lower training loss goes with higher probe accuracy.
+    assert top["student"] >= CHANCE + 0.25, msg
+    assert top["student"] >= top["random"] + 0.05, msg
     ckpts = summary["student_checkpoints"]
+    assert ckpts[-1]["top1"] >= ckpts[0]["top1"] + 0.15, ckpts  # training learned the motion
+    # Model selection reads: the students' lower training loss goes with higher probe accuracy.
     assert ckpts[-1]["train_loss"] < ckpts[0]["train_loss"]
     assert summary["spearman"] < 0, summary["student_checkpoints"]

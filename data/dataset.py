@@ -160,16 +160,18 @@ def _train_clip(
         idx, padded = train_indices(n, cfg.frames_per_clip, step, rng, cfg.short_video)
         return idx
 
-    key = (str(sample.get("__url__", "")), str(sample.get("__key__", "")))
-    held = cache.get(key) if cache is not None else None
-    if held is None and cache is not None and not cache.full:
-        whole = decode_clip(
-            data, lambda n, fps: range(n), cfg.decoder, cfg.decoder_threads, num_frames,
-            cfg.decode_timeout,
-        )  # fmt: skip
-        counts["decoder_fallback"] += int(whole.fallback)
-        held = (whole.frames, whole.fps)  # [n, H, W, 3]; used for this draw even if not kept
-        cache.put(key, *held)
+    held = None  # (all frames [n, H, W, 3], fps) of a video the cache holds or is taking in
+    if cache is not None:
+        key = (str(sample.get("__url__", "")), str(sample.get("__key__", "")))
+        held = cache.get(key)
+        if held is None and not cache.full:
+            whole = decode_clip(
+                data, lambda n, fps: range(n), cfg.decoder, cfg.decoder_threads, num_frames,
+                cfg.decode_timeout,
+            )  # fmt: skip
+            counts["decoder_fallback"] += int(whole.fallback)
+            held = (whole.frames, whole.fps)  # used for this draw even if it does not fit
+            cache.put(key, *held)
     if held is not None:
         all_frames, fps = held
         frames = all_frames[choose(len(all_frames), fps)]  # [T, H, W, 3]

@@ -189,7 +189,7 @@ class VideoDataModule(pl.LightningDataModule):
     ) -> None:
         super().__init__()
         if decoded_cache_mb < 0:
-            raise ValueError(f"decoded_cache_mb must be >= 0, got {decoded_cache_mb}")
+            raise UsageError(f"decoded_cache_mb must be >= 0, got {decoded_cache_mb}")
         self.train_specs = [train_shards] if isinstance(train_shards, str) else list(train_shards)
         if train_weights is not None and len(train_weights) != len(self.train_specs):
             raise ValueError(

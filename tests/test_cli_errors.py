@@ -2,8 +2,8 @@
 a missing input CSV or folder (``salt-shards make``), a shard pattern that matches nothing
 (found before the model, the teacher or the Trainer are built), a config file that does not
 exist, GPUs asked for where none is visible, a teacher checkpoint of the wrong stage or
-architecture (or not a checkpoint at all), an unknown option, a missing export input; and the
-console scripts themselves exit 2 without a traceback."""
+architecture (or not a checkpoint at all), a negative decoded-clip cache, an unknown option, a
+missing export input; and the console scripts themselves exit 2 without a traceback."""
 
 from __future__ import annotations
 
@@ -101,6 +101,12 @@ def test_fit_gpu_requested_none_visible(shards: str, tmp_path: Path, capsys) -> 
     assert "--trainer.accelerator gpu asks for GPUs but none is visible" in one_error_line(
         capsys, "salt"
     )
+
+
+def test_fit_negative_decoded_cache(shards: str, tmp_path: Path, capsys) -> None:
+    args = fit_args("teacher", tmp_path / "r", shards, "--data.decoded_cache_mb=-1")
+    assert salt_main(args) == 2
+    assert "decoded_cache_mb must be >= 0, got -1.0" in one_error_line(capsys, "salt")
 
 
 def test_fit_unknown_option(shards: str, tmp_path: Path, capsys) -> None:

@@ -1,9 +1,9 @@
 """Decoded frames of training videos kept in a worker's memory, for training sets that fit.
 
 A training stream that revisits the same few hundred short videos every few batches (``salt
-demo``, tests, a small fine-tuning set) spends its decoding worker re-decoding them: on 2 CPU
-cores the demo's one worker needed 0.09 s per batch of 16 clips against a 0.05 s model step, so
-the model waited on decord. With a budget, the stream decodes *every* frame of a video the first
+demo``, tests, a small fine-tuning set) spends its decoding worker re-decoding them, and on a
+small machine the model waits for it (the demo on 2 cores: benchmarks/RESULTS.md, "`salt demo`
+faster recipes tried"). With a budget, the stream decodes *every* frame of a video the first
 time it is drawn and keeps them (uint8 [n, H, W, 3], keyed by shard URL and sample key); later
 draws take their window and crop from memory. Once the budget is spent, videos not yet held decode
 their window as usual. The budget is per DataLoader worker (each worker holds its own copy), and
